@@ -1,0 +1,187 @@
+"""One typed configuration per daemon, with explicit units in every field name.
+
+A daemon reads a TOML file whose keys are the field names below; command-line flags
+override single keys (``--set key=value``). Unknown keys are an error, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from common.errors import ConfigError
+
+MiB = 1024 * 1024
+
+CS_PORT = 443
+CS_FALLBACK_PORT = 8443
+PS_DATA_PORT = 9443
+MT_DATA_PORT = 9443
+MT_CONTROL_PORT = 9080
+
+
+@dataclass
+class ComponentConfig:
+    """Fields every registered component (PS, MT, agent) has."""
+
+    data_dir: Path = Path("data")
+    cs_url: str = "https://127.0.0.1:443"
+    passphrase_file: Path | None = None
+    host_id: str = ""
+    address: str = "127.0.0.1"
+    log_file: Path | None = None
+    heartbeat_interval_s: float = 30.0
+    settings_wait_s: float = 25.0
+    request_timeout_s: float = 30.0
+    retry_max_backoff_s: float = 5.0
+
+
+@dataclass
+class CSConfig:
+    data_dir: Path = Path("cs-data")
+    listen_host: str = "127.0.0.1"
+    port: int = CS_PORT
+    fallback_port: int = CS_FALLBACK_PORT
+    db_url: str = ""  # default: sqlite+aiosqlite:///{data_dir}/cs.db
+    long_poll_max_s: float = 30.0
+    challenge_ttl_s: float = 60.0
+    heartbeat_timeout_s: float = 900.0  # 15 minutes, as documented
+    cert_validity_days: int = 365
+    log_file: Path | None = None
+
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite+aiosqlite:///{self.data_dir / 'cs.db'}"
+
+
+@dataclass
+class PSConfig(ComponentConfig):
+    listen_host: str = "127.0.0.1"
+    data_port: int = PS_DATA_PORT
+    upload_window_batches: int = 4
+    upload_threads: int = 2
+    cache_max_bytes: int = 8 * 1024 * MiB
+    max_batch_bytes: int = 64 * MiB
+
+
+@dataclass
+class MTConfig(ComponentConfig):
+    listen_host: str = "127.0.0.1"
+    data_port: int = MT_DATA_PORT
+    control_port: int = MT_CONTROL_PORT
+    segment_max_bytes: int = 64 * MiB
+    max_batch_bytes: int = 64 * MiB
+
+
+@dataclass
+class DiskConfig:
+    name: str = "disk0"
+    path: Path = Path("disk0.img")
+    size_bytes: int = 256 * MiB
+
+
+@dataclass
+class AgentConfig(ComponentConfig):
+    socket_path: Path = Path("agent.sock")
+    disks: list[DiskConfig] = field(default_factory=list)
+    batch_max_ms: float = 100.0
+    batch_max_bytes: int = 4 * MiB
+    upload_window_batches: int = 4
+    backlog_max_bytes: int = 64 * MiB
+    resync_chunk_bytes: int = 1 * MiB
+
+
+C = TypeVar("C")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        return [_coerce(args[0], v, key) for v in value]
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is Path:
+        return Path(str(value))
+    if tp is bool:
+        if isinstance(value, str):
+            return value.lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if tp in (int, float, str):
+        try:
+            return tp(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}") from exc
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any], prefix: str = "") -> C:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(prefix + k for k in sorted(unknown))}")
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load(cls: type[C], path: Path | None, overrides: list[str] | None = None) -> C:
+    """Read a TOML file (if any) and apply ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not key=value")
+        data[key.strip()] = value.strip()
+    return from_dict(cls, data)
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Write a flat-or-nested dict as TOML (enough for the configs drlab writes itself)."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    arrays: list[tuple[str, list[dict[str, Any]]]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            arrays.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, table in tables:
+        lines.append(f"\n[{key}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+    for key, items in arrays:
+        for item in items:
+            lines.append(f"\n[[{key}]]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

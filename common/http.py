@@ -1,0 +1,205 @@
+"""HTTP plumbing shared by every server and client: JSON errors, deny-by-default
+authentication from the TLS client certificate, and a small typed JSON client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from common import errors
+from common import logging as dlog
+from common.tls import Identity, identity_from_peercert
+
+log = dlog.get("drlab.http")
+
+IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity", Identity)  # type: ignore[arg-type]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(exc: errors.DrlabError) -> web.Response:
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, int(round(exc.retry_after_s))))
+    return web.json_response(exc.to_json(), status=exc.status, headers=headers)
+
+
+def peer_identity(request: web.Request) -> Identity | None:
+    ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
+    if ssl_obj is None:
+        return None
+    try:
+        return identity_from_peercert(ssl_obj.getpeercert())
+    except ValueError:
+        return None
+
+
+def identity(request: web.Request) -> Identity:
+    """The caller's verified identity (the auth middleware guarantees it on protected routes)."""
+    ident = request.get(IDENTITY)  # type: ignore[call-overload]
+    if ident is None:
+        raise errors.Unauthorized("a client certificate is required")
+    return ident  # type: ignore[no-any-return]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes JSON ``{code, message}``; ``GET /`` is a bad request."""
+    if request.path == "/":
+        return json_error(errors.BadRequest("no resource here; the API is under /v1"))
+    try:
+        return await handler(request)
+    except errors.DrlabError as exc:
+        log.info("request_refused", path=request.path, method=request.method, code=exc.code,
+                 status=exc.status, message=exc.message)
+        return json_error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
+        return web.json_response({"code": code, "message": exc.reason}, status=exc.status)
+
+
+def auth_middleware(allow: Iterable[str] = (), revoked: Callable[[int], bool] | None = None) -> Any:
+    """Deny by default: every path needs a verified client certificate, except those in ``allow``
+    (exact paths). Route handlers check the role with :func:`require_role`."""
+    allowed = frozenset(allow)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        ident = peer_identity(request)
+        if ident is not None and revoked is not None and revoked(ident.serial):
+            ident = None
+        request[IDENTITY] = ident  # type: ignore[index]
+        if ident is None and request.path not in allowed:
+            raise errors.Unauthorized("a valid client certificate is required")
+        return await handler(request)
+
+    return middleware
+
+
+def require_role(request: web.Request, *roles: str) -> Identity:
+    ident = identity(request)
+    if ident.role not in roles:
+        raise errors.Forbidden(f"role {ident.role} may not call {request.method} {request.path}")
+    return ident
+
+
+async def read_json(request: web.Request, max_bytes: int = 1024 * 1024) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise errors.TooLarge("request body too large")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise errors.TooLarge("request body too large")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise errors.BadRequest(f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise errors.BadRequest("body must be a JSON object")
+    return body
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """Read a binary body, refusing more than ``max_bytes`` before allocating it."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise errors.TooLarge(f"body of {request.content_length} bytes exceeds {max_bytes}")
+    buf = bytearray()
+    async for chunk in request.content.iter_chunked(1024 * 1024):
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise errors.TooLarge(f"body exceeds {max_bytes} bytes")
+    return bytes(buf)
+
+
+def make_app(*, allow: Iterable[str] = (), revoked: Callable[[int], bool] | None = None,
+             client_max_size: int = 1024 * 1024) -> web.Application:
+    return web.Application(middlewares=[error_middleware, auth_middleware(allow, revoked)],
+                           client_max_size=client_max_size)
+
+
+class ApiClient:
+    """JSON/bytes client for one server; raises :mod:`common.errors` classes on failure."""
+
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, *, timeout_s: float = 30.0,
+                 limit: int = 16) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._ssl = ssl_context
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"ApiClient({self.base_url})"
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._limit, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
+                      params: dict[str, Any] | None = None, timeout_s: float | None = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
+        try:
+            async with self.session.request(method, self.base_url + path, json=json_body, data=data,
+                                            params=params, timeout=timeout, headers=headers) as resp:
+                raw = await resp.read()
+                body = _parse(raw)
+                if resp.status >= 400:
+                    raise errors.from_response(resp.status, body, resp.headers.get("Retry-After"))
+                return resp.status, body
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ssl.SSLError) as exc:
+            raise errors.TransportError(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+
+    async def get(self, path: str, **kw: Any) -> Any:
+        return (await self.request("GET", path, **kw))[1]
+
+    async def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return (await self.request("POST", path, json_body=body if body is not None else {}, **kw))[1]
+
+    async def put(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return (await self.request("PUT", path, json_body=body if body is not None else {}, **kw))[1]
+
+
+def _parse(raw: bytes) -> Any:
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"code": "bad_response", "message": raw[:200].decode(errors="replace")}
+
+
+def backoff_s(attempt: int, base_s: float = 0.1, max_s: float = 5.0) -> float:
+    """Exponential backoff with full jitter."""
+    return float(random.uniform(0, min(max_s, base_s * (2 ** min(attempt, 16)))))
+
+
+async def retrying(call: Callable[[], Awaitable[Any]], *, what: str, max_backoff_s: float = 5.0,
+                   attempts: int | None = None) -> Any:
+    """Call until it succeeds or fails with a non-retriable error (or ``attempts`` run out)."""
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except errors.DrlabError as exc:
+            attempt += 1
+            if not exc.retriable or (attempts is not None and attempt >= attempts):
+                raise
+            delay = exc.retry_after_s if exc.retry_after_s is not None else backoff_s(attempt, max_s=max_backoff_s)
+            log.info("retrying", what=what, attempt=attempt, delay_s=round(delay, 3), error=exc.message)
+            await asyncio.sleep(delay)
