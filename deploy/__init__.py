@@ -1,0 +1,1 @@
+"""Lab runner, demo and drills, and the `drlab` command."""

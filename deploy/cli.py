@@ -1,0 +1,216 @@
+"""The `drlab` command: lab, demo, verification and administration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import errors, tls
+from common import logging as dlog
+from deploy import report
+from deploy.topology import DEFAULT_TOPOLOGY
+from deploy.topology import load as load_topology
+
+DEFAULT_LAB = Path(".lab/default")
+
+
+def _lab(args: argparse.Namespace) -> Any:
+    from deploy.lab import Lab
+
+    return Lab(load_topology(Path(args.topology)), Path(args.dir))
+
+
+def cmd_cs_init(args: argparse.Namespace) -> int:
+    from common.config import CSConfig
+    from cs.init import init_cs
+
+    cfg = CSConfig(data_dir=Path(args.data_dir), listen_host=args.address, port=args.port)
+    passphrase = asyncio.run(init_cs(cfg, hosts=[args.address]))
+    print("Configuration server initialised in", cfg.data_dir)
+    print("Passphrase (shown once; also saved with mode 0600 in", cfg.data_dir / "passphrase.txt", "):")
+    print(passphrase.value)
+    return 0
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    try:
+        asyncio.run(lab.up(timeout_s=args.timeout_s))
+    except BaseException:
+        lab.down()
+        raise
+    return cmd_lab_status(args)
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    killed = _lab(args).down()
+    print("lab stopped" + (f" (SIGKILL needed for {', '.join(killed)})" if killed else ""))
+    return 0
+
+
+def cmd_lab_status(args: argparse.Namespace) -> int:
+    rows = _lab(args).status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(report.table(["name", "role", "address", "ports", "pid", "running"],
+                           [[r["name"], r["role"], r["address"], r["ports"], r["pid"] or "-", r["running"]]
+                            for r in rows]))
+    return 0
+
+
+def cmd_lab_logs(args: argparse.Namespace) -> int:
+    path = Path(args.dir) / "logs" / f"{args.name}.log"
+    if not path.exists():
+        raise errors.NotFound(f"no log for {args.name} at {path}")
+    lines = path.read_text(errors="replace").splitlines()
+    print("\n".join(lines[-args.lines:]))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from deploy.demo import DemoParams, main
+
+    params = DemoParams(root=Path(args.dir), topology=Path(args.topology), duration_s=args.duration_s,
+                        rate_mb_s=args.rate_mb_s)
+    if args.seed is not None:
+        params.seed = args.seed
+    return main(params)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from common import oracle
+
+    res = oracle.verify(Path(args.log), args.disk_index, args.size_bytes, args.wnum, Path(args.image))
+    if res.ok:
+        print(f"verified: {args.image} equals the image of writes <= {args.wnum}")
+        return 0
+    print(f"MISMATCH: first differing byte at offset {res.first_mismatch_offset}", file=sys.stderr)
+    return 1
+
+
+def _admin_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
+    from cs.client import CSAdminClient
+
+    lab = _lab(args)
+    files = tls.IdentityFiles(Path(args.admin_dir)) if args.admin_dir else lab.admin_files
+    url = args.cs_url or lab.topology.cs_url
+
+    async def go() -> Any:
+        async with CSAdminClient(url, files) as admin:
+            return await fn(admin)
+
+    return asyncio.run(go())
+
+
+def _print_items(args: argparse.Namespace, items: list[dict[str, Any]], cols: list[str]) -> int:
+    if args.json:
+        print(json.dumps(items, indent=2))
+    else:
+        print(report.table(cols, [[item.get(c, "") for c in cols] for item in items]))
+    return 0
+
+
+def cmd_components(args: argparse.Namespace) -> int:
+    items = _admin_call(args, lambda a: a.components())
+    return _print_items(args, items, ["component_id", "role", "host_id", "address", "version", "last_heartbeat"])
+
+
+def cmd_disks(args: argparse.Namespace) -> int:
+    items = _admin_call(args, lambda a: a.disks())
+    return _print_items(args, items, ["disk_id", "machine_id", "name", "size_bytes", "generation", "state", "percent"])
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    out = _admin_call(args, lambda a: a.protect(args.machine_id))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    point: Any = args.point if args.point in ("latest", "latest-processed") else {"time_ns": int(args.point)}
+
+    async def go(admin: Any) -> Any:
+        job_id = await admin.failover(args.disk_id, point)
+        return await admin.wait_job(job_id, timeout_s=args.timeout_s)
+
+    job = _admin_call(args, go)
+    print(json.dumps(job, indent=2))
+    return 0 if job.get("state") == "succeeded" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="drlab", description="drlab: continuous block-level disaster recovery")
+    p.add_argument("--topology", default=str(DEFAULT_TOPOLOGY), help="lab topology file")
+    p.add_argument("--dir", default=str(DEFAULT_LAB), help="lab directory (state, configs, logs)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-v", "--verbose", action="store_true", help="log to the terminal")
+    p.add_argument("--cs-url", default=None, help="CS URL (default: the lab's)")
+    p.add_argument("--admin-dir", default=None, help="admin identity directory (default: the lab's)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    cs = sub.add_parser("cs", help="configuration server").add_subparsers(dest="cs_command", required=True)
+    init = cs.add_parser("init", help="create the database, the CA and the passphrase")
+    init.add_argument("--data-dir", required=True)
+    init.add_argument("--address", default="127.0.0.1")
+    init.add_argument("--port", type=int, default=443)
+    init.set_defaults(func=cmd_cs_init)
+
+    lab = sub.add_parser("lab", help="the process lab").add_subparsers(dest="lab_command", required=True)
+    up = lab.add_parser("up", help="start every daemon and wait until healthy")
+    up.add_argument("--timeout-s", type=float, default=60.0)
+    up.set_defaults(func=cmd_lab_up)
+    lab.add_parser("down", help="stop every daemon").set_defaults(func=cmd_lab_down)
+    lab.add_parser("status", help="daemons and their processes").set_defaults(func=cmd_lab_status)
+    logs = lab.add_parser("logs", help="a daemon's JSON log")
+    logs.add_argument("name")
+    logs.add_argument("--lines", type=int, default=50)
+    logs.set_defaults(func=cmd_lab_logs)
+
+    demo = sub.add_parser("demo", help="the end-to-end demo (make demo)")
+    demo.add_argument("--duration-s", type=float, default=20.0)
+    demo.add_argument("--rate-mb-s", type=float, default=20.0)
+    demo.add_argument("--seed", type=int, default=None)
+    demo.set_defaults(func=cmd_demo, dir=".lab/demo")
+
+    v = sub.add_parser("verify", help="compare an image with the write log's image at a point")
+    v.add_argument("--log", required=True)
+    v.add_argument("--image", required=True)
+    v.add_argument("--disk-index", type=int, default=0)
+    v.add_argument("--size-bytes", type=int, required=True)
+    v.add_argument("--wnum", type=int, required=True, help="highest write number the point contains")
+    v.set_defaults(func=cmd_verify)
+
+    sub.add_parser("components", help="registered components").set_defaults(func=cmd_components)
+    sub.add_parser("disks", help="disks and their replication state").set_defaults(func=cmd_disks)
+    pr = sub.add_parser("protect", help="enable protection of a machine's disks")
+    pr.add_argument("machine_id")
+    pr.set_defaults(func=cmd_protect)
+    fo = sub.add_parser("failover", help="fail a disk over to a recovery point")
+    fo.add_argument("disk_id")
+    fo.add_argument("--point", default="latest", help="latest | latest-processed | TIME_NS")
+    fo.add_argument("--timeout-s", type=float, default=300.0)
+    fo.set_defaults(func=cmd_failover)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    dlog.setup("drlab", level=logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return int(args.func(args))
+    except errors.DrlabError as exc:
+        print(f"drlab: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

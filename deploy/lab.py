@@ -1,0 +1,255 @@
+"""The process lab: every daemon of a topology as its own OS process, with its own loopback
+address, data directory, config file and logs. ``up`` waits until every component has
+registered and sent a heartbeat; ``down`` stops them all and leaves no process behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common import errors, tls
+from common import logging as dlog
+from common.config import CSConfig, dump_toml
+from deploy.topology import Node, Topology
+
+log = dlog.get("drlab.lab")
+
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+@dataclass
+class Lab:
+    topology: Topology
+    root: Path
+
+    @property
+    def pids_file(self) -> Path:
+        return self.root / "pids.json"
+
+    def node_dir(self, node: Node) -> Path:
+        return self.root / node.name
+
+    def config_path(self, node: Node) -> Path:
+        return self.root / "config" / f"{node.name}.toml"
+
+    def log_path(self, node: Node) -> Path:
+        return self.root / "logs" / f"{node.name}.log"
+
+    @property
+    def cs_dir(self) -> Path:
+        return self.node_dir(self.topology.cs)
+
+    @property
+    def passphrase_file(self) -> Path:
+        return self.cs_dir / "passphrase.txt"
+
+    @property
+    def admin_files(self) -> tls.IdentityFiles:
+        return tls.IdentityFiles(self.cs_dir / "admin")
+
+    def agent_socket(self, node: Node) -> Path:
+        return self.node_dir(node) / "agent.sock"
+
+    def disk_path(self, node: Node, disk_name: str) -> Path:
+        return self.node_dir(node) / f"{disk_name}.img"
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def cs_config(self) -> CSConfig:
+        cs = self.topology.cs
+        return CSConfig(data_dir=self.cs_dir, listen_host=cs.address, port=cs.ports["api"],
+                        log_file=self.log_path(cs))
+
+    async def init(self) -> bool:
+        """Initialise the CS (database, CA, passphrase) unless it already is. True if new."""
+        from cs.init import init_cs
+
+        if (self.cs_dir / "identity" / "cert.pem").exists():
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        await init_cs(self.cs_config(), hosts=[self.topology.cs.address])
+        return True
+
+    def _component_config(self, node: Node) -> dict[str, Any]:
+        return {
+            "data_dir": str(self.node_dir(node)), "cs_url": self.topology.cs_url,
+            "passphrase_file": str(self.passphrase_file), "host_id": node.name, "address": node.address,
+            "log_file": str(self.log_path(node)), "heartbeat_interval_s": HEARTBEAT_INTERVAL_S,
+            "settings_wait_s": 10.0,
+        }
+
+    def config_for(self, node: Node) -> dict[str, Any]:
+        if node.role == "cs":
+            cfg = self.cs_config()
+            return {"data_dir": str(cfg.data_dir), "listen_host": cfg.listen_host, "port": cfg.port,
+                    "log_file": str(cfg.log_file)}
+        data = self._component_config(node)
+        if node.role == "ps":
+            data.update(listen_host=node.address, data_port=node.ports["data"])
+        elif node.role == "mt":
+            data.update(listen_host=node.address, data_port=node.ports["data"],
+                        control_port=node.ports["control"])
+        else:
+            data["socket_path"] = str(self.agent_socket(node))
+            data["disks"] = [{"name": d.name, "path": str(self.disk_path(node, d.name)),
+                              "size_bytes": d.size_bytes} for d in node.disks]
+        return data
+
+    def write_configs(self) -> None:
+        for node in self.topology.nodes:
+            path = self.config_path(node)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.node_dir(node).mkdir(parents=True, exist_ok=True)
+            path.write_text(dump_toml(self.config_for(node)))
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def read_pids(self) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in json.loads(self.pids_file.read_text()).items()}
+        except (OSError, ValueError):
+            return {}
+
+    def _write_pids(self, pids: dict[str, int]) -> None:
+        self.pids_file.parent.mkdir(parents=True, exist_ok=True)
+        tls.durable_write(self.pids_file, json.dumps(pids, indent=2).encode())
+
+    def start_node(self, node: Node) -> int:
+        """Start one daemon (used by ``up`` and by drills that restart a killed one)."""
+        pids = self.read_pids()
+        if node.name in pids and alive(pids[node.name]):
+            return pids[node.name]
+        out = self.root / "logs" / f"{node.name}.out"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "ab") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", node.role, "--config", str(self.config_path(node))],
+                                    stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=_child_env())
+        pids[node.name] = proc.pid
+        self._write_pids(pids)
+        log.info("started", node=node.name, role=node.role, pid=proc.pid)
+        return proc.pid
+
+    def kill_node(self, node: Node, sig: int = signal.SIGKILL) -> None:
+        pid = self.read_pids().get(node.name)
+        if pid and alive(pid):
+            os.kill(pid, sig)
+            _wait_gone([pid], 10.0)
+
+    async def up(self, timeout_s: float = 60.0) -> None:
+        await self.init()
+        self.write_configs()
+        self.start_node(self.topology.cs)
+        await self.wait_cs(timeout_s)
+        for node in self.topology.nodes[1:]:
+            self.start_node(node)
+        await self.wait_healthy(timeout_s)
+
+    async def wait_cs(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with self.admin() as admin:
+            while True:
+                try:
+                    await admin.components()
+                    return
+                except errors.DrlabError:
+                    self._check_alive(self.topology.cs)
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+    async def wait_healthy(self, timeout_s: float) -> None:
+        """Until every daemon has registered and heartbeated."""
+        deadline = time.monotonic() + timeout_s
+        expected = {(n.role, n.name) for n in self.topology.nodes[1:]}
+        async with self.admin() as admin:
+            while True:
+                items = await admin.components()
+                seen = {(c["role"], c["host_id"]) for c in items if c.get("last_heartbeat")}
+                if expected <= seen:
+                    return
+                for node in self.topology.nodes:
+                    self._check_alive(node)
+                if time.monotonic() > deadline:
+                    missing = ", ".join(sorted(f"{r}:{n}" for r, n in expected - seen))
+                    raise errors.Unavailable(f"lab not healthy after {timeout_s:.0f} s: missing {missing}")
+                await asyncio.sleep(0.2)
+
+    def _check_alive(self, node: Node) -> None:
+        pid = self.read_pids().get(node.name)
+        if pid is not None and not alive(pid):
+            tail = (self.root / "logs" / f"{node.name}.out").read_text(errors="replace")[-2000:]
+            raise errors.Unavailable(f"{node.name} exited during start-up; last output:\n{tail}")
+
+    def down(self, timeout_s: float = 15.0) -> list[str]:
+        """SIGTERM every daemon (agents first, CS last), then SIGKILL what is left."""
+        pids = self.read_pids()
+        order = [n.name for n in reversed(self.topology.nodes)]
+        running = [(name, pids[name]) for name in order if name in pids and alive(pids[name])]
+        for _name, pid in running:
+            os.kill(pid, signal.SIGTERM)
+        left = _wait_gone([pid for _, pid in running], timeout_s)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(left, 5.0)
+        self.pids_file.unlink(missing_ok=True)
+        return [name for name, pid in running if pid in left]
+
+    def status(self) -> list[dict[str, Any]]:
+        pids = self.read_pids()
+        return [{"name": n.name, "role": n.role, "address": n.address, "ports": n.ports,
+                 "pid": pids.get(n.name), "running": bool(pids.get(n.name) and alive(pids[n.name]))}
+                for n in self.topology.nodes]
+
+    def admin(self) -> Any:
+        from cs.client import CSAdminClient
+
+        return CSAdminClient(self.topology.cs_url, self.admin_files)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z")
+    except OSError:
+        return False
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if alive(p)]
+        if left:
+            time.sleep(0.05)
+    return left

@@ -1,0 +1,77 @@
+"""A lab topology file (deploy/lab.toml): which daemons run where, and the configs they get."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.config import CS_FALLBACK_PORT, MiB, ConfigError
+
+DEFAULT_TOPOLOGY = Path(__file__).with_name("lab.toml")
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    name: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Node:
+    """One daemon of the lab."""
+
+    name: str
+    role: str  # cs | ps | mt | agent
+    address: str
+    ports: dict[str, int] = field(default_factory=dict)
+    disks: tuple[DiskSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Topology:
+    cs: Node
+    mts: tuple[Node, ...]
+    pss: tuple[Node, ...]
+    machines: tuple[Node, ...]
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return (self.cs, *self.mts, *self.pss, *self.machines)
+
+    @property
+    def cs_url(self) -> str:
+        return f"https://{self.cs.address}:{self.cs.ports['api']}"
+
+
+def _cs_port(requested: int) -> int:
+    """Ports under 1024 need root; without it the CS falls back to 8443, as documented."""
+    if requested < 1024 and os.geteuid() != 0:
+        return CS_FALLBACK_PORT
+    return requested
+
+
+def load(path: Path = DEFAULT_TOPOLOGY) -> Topology:
+    try:
+        raw: dict[str, Any] = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read topology {path}: {exc}") from exc
+    cloud, onprem = raw.get("cloud", {}), raw.get("onprem", {})
+    try:
+        cs_raw = cloud["cs"]
+        cs = Node("cs", "cs", cs_raw["address"], {"api": _cs_port(int(cs_raw.get("port", 443)))})
+        mts = tuple(Node(m["name"], "mt", m["address"], {"data": int(m.get("data_port", 9443)),
+                                                           "control": int(m.get("control_port", 9080))})
+                    for m in cloud.get("mt", []))
+        pss = tuple(Node(p["name"], "ps", p["address"], {"data": int(p.get("data_port", 9443))})
+                    for p in onprem.get("ps", []))
+        machines = tuple(Node(m["name"], "agent", "127.0.0.1", {},
+                              tuple(DiskSpec(d["name"], int(d["size_mib"]) * MiB) for d in m.get("disks", [])))
+                         for m in onprem.get("machines", []))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"topology {path} is incomplete: {exc!r}") from exc
+    if not mts or not pss:
+        raise ConfigError(f"topology {path} needs at least one MT and one PS")
+    return Topology(cs, mts, pss, machines)

@@ -1,0 +1,32 @@
+from pathlib import Path
+
+import pytest
+
+from common import errors
+from deploy import report
+from deploy.topology import DEFAULT_TOPOLOGY, load
+
+
+def test_default_topology_puts_sites_on_their_loopback_ranges() -> None:
+    topo = load(DEFAULT_TOPOLOGY)
+    assert topo.cs.address.startswith("127.0.2.") and all(m.address.startswith("127.0.2.") for m in topo.mts)
+    assert all(p.address.startswith("127.0.1.") for p in topo.pss)
+    assert topo.pss[0].ports == {"data": 9443}
+    assert topo.mts[0].ports == {"data": 9443, "control": 9080}
+    assert topo.machines[0].disks[0].size_bytes == 256 * 1024 * 1024
+
+
+def test_incomplete_topology_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text('[cloud]\ncs = { address = "127.0.2.1" }\n')
+    with pytest.raises(errors.ConfigError, match="MT"):
+        load(path)
+
+
+def test_percentile_and_table() -> None:
+    values = list(range(1, 101))
+    assert report.percentile(values, 50) == 50
+    assert report.percentile(values, 99) == 99
+    assert report.percentile([], 50) == 0.0
+    text = report.table(["a", "bb"], [[1, "x"], ["long", 2]])
+    assert "| long | 2  |" in text
