@@ -162,7 +162,7 @@ class ApiClient:
                 if resp.status >= 400:
                     raise errors.from_response(resp.status, body, resp.headers.get("Retry-After"))
                 return resp.status, body
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ssl.SSLError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError, ssl.SSLError) as exc:
             raise errors.TransportError(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
 
     async def get(self, path: str, **kw: Any) -> Any:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import CS_FALLBACK_PORT, MiB, ConfigError
+from common.config import CS_FALLBACK_PORT, ConfigError, MiB
 
 DEFAULT_TOPOLOGY = Path(__file__).with_name("lab.toml")
 

@@ -1,0 +1,144 @@
+"""Building blocks shared by the demo and the drills: a lab with one protected machine, its
+workload as a separate process, and failover checked by the oracle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common import errors, oracle, tls
+from common.http import ApiClient
+from common.wire import writelog
+from deploy import report
+from deploy.lab import Lab
+from deploy.topology import DiskSpec, Node
+
+
+@dataclass
+class PointCheck:
+    label: str
+    requested: str
+    result: dict[str, Any]
+    ok: bool
+    detail: str
+    seconds: float
+
+
+class Scenario:
+    """One machine of a lab, its first disk, its workload log and its failovers."""
+
+    def __init__(self, lab: Lab, seed: int) -> None:
+        self.lab = lab
+        self.seed = seed
+        self.machine: Node = lab.topology.machines[0]
+        self.disk: DiskSpec = self.machine.disks[0]
+        self.machine_id = ""
+        self.disk_id = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.lab.node_dir(self.machine) / "writes.log"
+
+    @property
+    def image(self) -> Path:
+        return self.lab.disk_path(self.machine, self.disk.name)
+
+    def _workload_cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "agent.workload", *args, "--log", str(self.log_path), "--seed", str(self.seed)]
+
+    def prefill(self, fraction: float) -> None:
+        cmd = self._workload_cmd("prefill", "--image", str(self.image), "--disk-index", "0",
+                                 "--size-bytes", str(self.disk.size_bytes), "--fraction", str(fraction))
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        if proc.returncode != 0:
+            raise errors.DrlabError(f"prefill failed: {proc.stderr[-2000:]}")
+
+    def start_workload(self, rate_mb_s: float, duration_s: float) -> subprocess.Popen[str]:
+        cmd = self._workload_cmd("run", "--socket", str(self.lab.agent_socket(self.machine)),
+                                 "--rate-mb-s", str(rate_mb_s), "--duration-s", str(duration_s), "--json")
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def finish_workload(proc: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
+        out, err = proc.communicate(timeout=timeout_s)
+        if proc.returncode != 0:
+            raise errors.DrlabError(f"workload failed ({proc.returncode}): {err[-2000:]}")
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+    async def protect(self, admin: Any, timeout_s: float = 180.0, progress: bool = False) -> float:
+        """Enable protection and wait for the end of initial replication; returns its seconds."""
+        comps = await admin.components()
+        self.machine_id = next(c["component_id"] for c in comps
+                               if c["role"] == "agent" and c["host_id"] == self.machine.name)
+        await admin.protect(self.machine_id)
+        self.disk_id = next(d["disk_id"] for d in await admin.disks() if d["machine_id"] == self.machine_id)
+        started = time.monotonic()
+        await wait_state(admin, self.disk_id, "protected", timeout_s, progress)
+        return time.monotonic() - started
+
+    def acked_writes(self) -> list[writelog.LogRecord]:
+        return [r for r in writelog.read_records(self.log_path) if r.kind == writelog.KIND_WRITE]
+
+    def last_wnum(self) -> int:
+        return max((r.wnum for r in writelog.read_records(self.log_path)), default=0)
+
+    def spread_times(self, n: int) -> list[int]:
+        acks = [r.ack_ns for r in self.acked_writes()]
+        if len(acks) < n + 1:
+            raise errors.DrlabError("the workload wrote too little to choose points")
+        return [acks[(i + 1) * len(acks) // (n + 1)] for i in range(n)]
+
+    async def failover_and_verify(self, admin: Any, point: Any, label: str) -> PointCheck:
+        started = time.monotonic()
+        job_id = await admin.failover(self.disk_id, point)
+        job = await admin.wait_job(job_id, timeout_s=120)
+        seconds = time.monotonic() - started
+        requested = point if isinstance(point, str) else f"t={point['time_ns']}"
+        if job["state"] != "succeeded":
+            return PointCheck(label, requested, {}, False, f"job {job['state']}: {job.get('error')}", seconds)
+        result = job["result"]
+        wnum_hi = int(result["point"]["wnum_hi"])
+        res = await asyncio.to_thread(oracle.verify, self.log_path, 0, self.disk.size_bytes, wnum_hi,
+                                      Path(result["image_path"]))
+        detail = "byte-exact" if res.ok else f"first mismatch at offset {res.first_mismatch_offset}"
+        check = PointCheck(label, requested, result, bool(res.ok), detail, seconds)
+        if point == "latest" and check.ok and wnum_hi < self.last_wnum():
+            check.ok, check.detail = False, f"latest lacks acknowledged writes {wnum_hi + 1}..{self.last_wnum()}"
+        return check
+
+    async def points(self) -> list[dict[str, Any]]:
+        mt = self.lab.topology.mts[0]
+        client = ApiClient(f"https://{mt.address}:{mt.ports['control']}", tls.client_context(self.lab.admin_files))
+        try:
+            reply = await client.get(f"/v1/disks/{self.disk_id}/points", params={"limit": 1_000_000})
+        finally:
+            await client.close()
+        return list(reply["items"])
+
+    async def rpo_ms(self, since_ns: int) -> tuple[float, float, int]:
+        """p50 / p99 of (MT-durable time - first write time) over exact points since ``since_ns``."""
+        recent = [p for p in await self.points() if p["t_first_ns"] >= since_ns and p.get("accuracy") == "exact"]
+        lags = [(p["received_ns"] - p["t_first_ns"]) / 1e6 for p in recent]
+        return report.percentile(lags, 50), report.percentile(lags, 99), len(recent)
+
+
+async def wait_state(admin: Any, disk_id: str, state: str, timeout_s: float, progress: bool = False) -> None:
+    deadline = time.monotonic() + timeout_s
+    shown = -1
+    while True:
+        disk = next(d for d in await admin.disks() if d["disk_id"] == disk_id)
+        if disk.get("state") == state:
+            return
+        pct = int(disk.get("percent") or 0)
+        if progress and pct // 25 != shown // 25:
+            print(f"  initial replication: {pct} %", flush=True)
+            shown = pct
+        if time.monotonic() > deadline:
+            raise errors.Unavailable(f"disk {disk_id} not {state} after {timeout_s:.0f} s (state {disk.get('state')})")
+        await asyncio.sleep(0.2)
