@@ -1,0 +1,76 @@
+"""Persisted sequence state of the agent: ``data_dir/state.json``, written durably.
+
+Rules:
+- on start the service reads the file, remembers whether the last stop was clean, then at once
+  writes ``clean_shutdown = false``: a kill -9 from then on is seen as unclean by the next start;
+- a disk replicated under a generation that was not shut down cleanly gets a new generation
+  (and a new initial replication, seq from 1): its batches in flight may be lost;
+- a clean stop drains what it can, writes every disk's ``next_seq`` and ``clean_shutdown = true``
+  only when every pipeline was drained.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.tls import durable_write
+
+FILE_NAME = "state.json"
+VERSION = 1
+
+
+@dataclass
+class DiskState:
+    disk_id: str
+    name: str
+    generation: int = 0  # 0: not protected yet
+    next_seq: int = 1
+    resync_done_seq: int = 0  # seq of the RESYNC_DONE batch of this generation, 0 while resyncing
+    resync_offset: int = 0  # where a copy interrupted by a clean stop resumes
+    resync_skip_zero: bool = False  # the copy may skip zeros (the replica started zero-filled)
+
+    @property
+    def protected(self) -> bool:
+        return self.generation > 0
+
+
+@dataclass
+class AgentState:
+    clean_shutdown: bool = True
+    disks: dict[str, DiskState] = field(default_factory=dict)  # by disk name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": VERSION, "clean_shutdown": self.clean_shutdown,
+                "disks": [asdict(d) for d in self.disks.values()]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> AgentState:
+        if doc.get("version") != VERSION:
+            raise ValueError(f"unsupported state version {doc.get('version')!r}")
+        disks = {}
+        for item in doc.get("disks", []):
+            disk = DiskState(disk_id=str(item["disk_id"]), name=str(item["name"]),
+                             generation=int(item["generation"]), next_seq=int(item["next_seq"]),
+                             resync_done_seq=int(item["resync_done_seq"]),
+                             resync_offset=int(item.get("resync_offset", 0)),
+                             resync_skip_zero=bool(item.get("resync_skip_zero", False)))
+            disks[disk.name] = disk
+        return cls(clean_shutdown=bool(doc.get("clean_shutdown", False)), disks=disks)
+
+
+class StateStore:
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / FILE_NAME
+
+    def load(self) -> AgentState:
+        """The saved state; a fresh (clean, empty) one when there is none yet."""
+        if not self.path.exists():
+            return AgentState()
+        return AgentState.from_json(json.loads(self.path.read_text()))
+
+    def save(self, state: AgentState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        durable_write(self.path, json.dumps(state.to_json(), indent=2).encode())

@@ -1,0 +1,145 @@
+"""The oracle: the disk image a recovery point claims, rebuilt from the workload's write log.
+
+A point with ``wnum_hi`` contains, for its disk, exactly the logged writes (prefill and
+workload) with wnum <= wnum_hi (docs/PROTOCOL.md, "Recovery point semantics"). The expected
+image is those writes applied in wnum order to a zero disk, their data regenerated from the
+log's seed and profile (common.datagen). An image is right only if it equals that byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.datagen import data_for
+from common.wire.writelog import KIND_WRITE, LogIndex, LogRecord
+
+BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    offset: int  # first differing byte
+    expected: int | None  # byte value, None past the end of the file
+    actual: int | None
+    last_wnum: int | None = None  # last logged write covering the offset (0: none), if known
+
+    def describe(self) -> str:
+        who = "" if self.last_wnum is None else (
+            f", last written by wnum {self.last_wnum}" if self.last_wnum else ", never written (zero)")
+        return f"offset {self.offset}: expected {_b(self.expected)}, got {_b(self.actual)}{who}"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    first_mismatch_offset: int | None
+    bytes_compared: int
+    wnum_hi: int
+    writes_applied: int
+    mismatch: Mismatch | None
+    seconds: float
+
+    @property
+    def detail(self) -> str:
+        return "byte-exact" if self.ok or self.mismatch is None else self.mismatch.describe()
+
+
+def _b(v: int | None) -> str:
+    return "EOF" if v is None else f"0x{v:02x}"
+
+
+def apply_records(index: LogIndex, disk_index: int, size_bytes: int, wnum_hi: int, fd: int) -> int:
+    """Write the disk's records up to ``wnum_hi`` into ``fd`` in wnum order; returns how many."""
+    seed, prof = index.header.data_args()
+    records = index.upto(wnum_hi, disk_index)
+    for rec in records:
+        if rec.end > size_bytes:
+            raise ValueError(f"logged write {rec.wnum} [{rec.offset}, +{rec.length}) exceeds {size_bytes} bytes")
+        _pwrite_all(fd, data_for(seed, rec.wnum, rec.length, prof), rec.offset)
+    return len(records)
+
+
+def expected_image(log_path: Path, disk_index: int, size_bytes: int, wnum_hi: int, out_path: Path) -> int:
+    """Build at ``out_path`` (a sparse file) the image of writes <= ``wnum_hi``; returns the count."""
+    index = LogIndex.load(Path(log_path))
+    fd = os.open(out_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.ftruncate(fd, size_bytes)
+        return apply_records(index, disk_index, size_bytes, wnum_hi, fd)
+    finally:
+        os.close(fd)
+
+
+def compare(expected_path: Path, actual_path: Path, *, block: int = BLOCK) -> Mismatch | None:
+    """The first differing byte of two files (a size difference counts), or None if equal."""
+    with open(expected_path, "rb", buffering=0) as fe, open(actual_path, "rb", buffering=0) as fa:
+        offset = 0
+        while True:
+            a, b = fe.read(block), fa.read(block)
+            if a != b:
+                return _first_difference(offset, a, b)
+            if not a:
+                return None
+            offset += len(a)
+
+
+def _first_difference(offset: int, a: bytes, b: bytes) -> Mismatch:
+    n = min(len(a), len(b))
+    lo, hi = 0, n  # binary search on prefix equality: O(log n) slice compares, each at C speed
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[lo:mid + 1] == b[lo:mid + 1]:
+            lo = mid + 1
+        else:
+            hi = mid
+    return Mismatch(offset + lo, a[lo] if lo < len(a) else None, b[lo] if lo < len(b) else None)
+
+
+def verify(log_path: Path, disk_index: int, size_bytes: int, wnum_hi: int, image_path: Path) -> VerifyResult:
+    """Does ``image_path`` equal the image of the logged writes <= ``wnum_hi`` on that disk?
+
+    The expected image is built in a temporary sparse file next to the image (same
+    filesystem, so no extra copy elsewhere) and deleted afterwards."""
+    started = time.monotonic()
+    index = LogIndex.load(Path(log_path))
+    image_path = Path(image_path)
+    fd, tmp = tempfile.mkstemp(prefix=".oracle-", suffix=".img", dir=image_path.parent)
+    try:
+        os.ftruncate(fd, size_bytes)
+        applied = apply_records(index, disk_index, size_bytes, wnum_hi, fd)
+        os.close(fd)
+        fd = -1
+        mismatch = compare(Path(tmp), image_path)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(tmp)
+    if mismatch is not None:
+        rec = index.last_covering(disk_index, mismatch.offset, wnum_hi)
+        mismatch = Mismatch(mismatch.offset, mismatch.expected, mismatch.actual, rec.wnum if rec else 0)
+    compared = size_bytes if mismatch is None else mismatch.offset
+    return VerifyResult(mismatch is None, None if mismatch is None else mismatch.offset, compared, wnum_hi,
+                        applied, mismatch, time.monotonic() - started)
+
+
+def points_from_log(log_path: Path, disk_index: int | None = None,
+                    kinds: tuple[int, ...] = (KIND_WRITE,)) -> list[tuple[int, int]]:
+    """(wnum, ack_ns) of the logged writes (workload writes by default), in wnum order."""
+    index = LogIndex.load(Path(log_path))
+    return [(r.wnum, r.ack_ns) for r in index.records
+            if r.kind in kinds and (disk_index is None or r.disk == disk_index)]
+
+
+def records_upto(log_path: Path, wnum_hi: int, disk_index: int | None = None) -> list[LogRecord]:
+    return LogIndex.load(Path(log_path)).upto(wnum_hi, disk_index)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

@@ -1,0 +1,1 @@
+"""Wire and disk formats: one module per format (batch, seal, journal)."""

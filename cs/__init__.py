@@ -1,0 +1,1 @@
+"""The configuration server: system of record, registration, settings, jobs."""

@@ -1,0 +1,1 @@
+"""HTTP handlers of the CS API, one module per resource."""

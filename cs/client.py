@@ -1,0 +1,63 @@
+"""Typed async client for the CS's admin routes (the `drlab` CLI, the lab and tests use it).
+
+    async with CSAdminClient(cs_url, IdentityFiles(data_dir / "admin")) as admin:
+        await admin.protect(machine_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import TracebackType
+from typing import Any
+
+from common import errors, tls
+from common.http import ApiClient
+
+Point = str | dict[str, int]
+FINAL_JOB_STATES = ("succeeded", "failed")
+
+
+class CSAdminClient:
+    def __init__(self, cs_url: str, files: tls.IdentityFiles, *, timeout_s: float = 30.0) -> None:
+        self.cs_url = cs_url
+        self._api = ApiClient(cs_url, tls.client_context(files), timeout_s=timeout_s)
+
+    def __repr__(self) -> str:
+        return f"CSAdminClient({self.cs_url})"
+
+    async def __aenter__(self) -> CSAdminClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def components(self) -> list[dict[str, Any]]:
+        return list((await self._api.get("/v1/components"))["items"])
+
+    async def disks(self) -> list[dict[str, Any]]:
+        return list((await self._api.get("/v1/disks"))["items"])
+
+    async def protect(self, machine_id: str) -> list[dict[str, Any]]:
+        return list((await self._api.post(f"/v1/machines/{machine_id}/protect"))["disks"])
+
+    async def failover(self, disk_id: str, point: Point = "latest") -> str:
+        return str((await self._api.post(f"/v1/disks/{disk_id}/failover", {"point": point}))["job_id"])
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return dict(await self._api.get(f"/v1/jobs/{job_id}"))
+
+    async def wait_job(self, job_id: str, timeout_s: float = 300.0, poll_s: float = 0.2) -> dict[str, Any]:
+        """The job once it succeeded or failed; ``Unavailable`` if it is still going after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = await self.job(job_id)
+            if job["state"] in FINAL_JOB_STATES:
+                return job
+            if time.monotonic() >= deadline:
+                raise errors.Unavailable(f"job {job_id} still {job['state']} after {timeout_s:.0f} s")
+            await asyncio.sleep(poll_s)

@@ -1,0 +1,1 @@
+"""The CS's SQL store: models, engine setup and small repository modules."""

@@ -1,0 +1,95 @@
+"""SQLAlchemy 2 models of the CS's system of record.
+
+Times are integers in nanoseconds since the epoch (``*_ns``); ``registered_at`` and
+``last_heartbeat`` follow the same unit (kept under the names of the protocol).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Key/value settings of the installation: passphrase-derived key, salt, kdf, settings_version."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"Meta({self.key})"
+
+
+class Component(Base):
+    __tablename__ = "components"
+    __table_args__ = (UniqueConstraint("role", "host_id"),)
+    component_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    host_id: Mapped[str] = mapped_column(String(255))
+    address: Mapped[str] = mapped_column(String(255))
+    ports: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[str] = mapped_column(String(64), default="")
+    cert_serial: Mapped[str] = mapped_column(String(64))  # hex: serials exceed 64-bit integers
+    registered_at: Mapped[int] = mapped_column(BigInteger)
+    last_heartbeat: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    def __repr__(self) -> str:
+        return f"Component({self.component_id}, {self.role}, {self.host_id})"
+
+
+class Challenge(Base):
+    __tablename__ = "challenges"
+    challenge_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    server_nonce: Mapped[str] = mapped_column(String(64))  # b64
+    role: Mapped[str] = mapped_column(String(16))
+    host_id: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[int] = mapped_column(BigInteger)  # ns
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    def __repr__(self) -> str:
+        return f"Challenge({self.challenge_id}, {self.role}, {self.host_id}, used={self.used})"
+
+
+class Disk(Base):
+    __tablename__ = "disks"
+    __table_args__ = (UniqueConstraint("machine_id", "name"),)
+    disk_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    machine_id: Mapped[str] = mapped_column(String(32), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    ps_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    mt_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    key_b64: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(32), default="unprotected")
+    percent: Mapped[float] = mapped_column(Float, default=0.0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    def __repr__(self) -> str:  # never the key
+        return f"Disk({self.disk_id}, {self.name}, gen={self.generation}, state={self.state})"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    disk_id: Mapped[str] = mapped_column(String(32), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"Job({self.job_id}, {self.kind}, {self.state})"

@@ -1,0 +1,93 @@
+"""Jobs: failover requests for an MT, and the results it posts back.
+
+A failover job is created ``queued``; it shows in its disk's MT settings document while it is
+queued or running; the MT posts ``succeeded`` or ``failed``. Posting the same final state
+again is a no-op (the MT retries on lost replies); another state for a finished job is 409.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from common import errors
+from common import logging as dlog
+from cs import validate
+from cs.db import repo
+from cs.db.models import Disk, Job
+from cs.state import CSState
+
+log = dlog.get("drlab.cs.jobs")
+
+FINAL_STATES = ("succeeded", "failed")
+MAX_ERROR_CHARS = 4000
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    return {"job_id": job.job_id, "kind": job.kind, "disk_id": job.disk_id, "state": job.state,
+            "params": job.params, "result": job.result, "error": job.error, "created_ns": job.created_ns,
+            "updated_ns": job.updated_ns}
+
+
+def parse_point(body: dict[str, Any]) -> str | dict[str, int]:
+    point = body.get("point", "latest")
+    if point in ("latest", "latest-processed"):
+        return str(point)
+    if isinstance(point, dict) and set(point) == {"time_ns"}:
+        return {"time_ns": validate.integer(point, "time_ns", low=1)}
+    raise errors.BadRequest('point must be "latest", "latest-processed" or {"time_ns": int}')
+
+
+async def failover(state: CSState, disk_id: str, point: str | dict[str, int]) -> str:
+    now = time.time_ns()
+    async with state.change() as session:
+        disk = await session.get(Disk, disk_id)
+        if disk is None:
+            raise errors.NotFound(f"no disk {disk_id}")
+        if disk.mt_id is None:
+            raise errors.Conflict(f"disk {disk_id} is not protected")
+        if await repo.active_jobs_for_disk(session, disk_id):
+            raise errors.Conflict(f"disk {disk_id} already has a job in progress")
+        job = Job(job_id=uuid.uuid4().hex, kind="failover", disk_id=disk_id, state="queued",
+                  params={"point": point}, result=None, error=None, created_ns=now, updated_ns=now)
+        session.add(job)
+    log.info("failover_queued", job_id=job.job_id, disk_id=disk_id, point=point, mt_id=disk.mt_id)
+    return job.job_id
+
+
+async def get(state: CSState, job_id: str) -> dict[str, Any]:
+    async with state.db.read() as session:
+        job = await session.get(Job, job_id)
+        if job is None:
+            raise errors.NotFound(f"no job {job_id}")
+        return job_view(job)
+
+
+def parse_result(body: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None]:
+    final = validate.choice(body, "state", FINAL_STATES)
+    result = body.get("result")
+    if result is not None and not isinstance(result, dict):
+        raise errors.BadRequest("result must be an object")
+    error = body.get("error")
+    if error is not None and not isinstance(error, str):
+        raise errors.BadRequest("error must be a string")
+    return final, result, error[:MAX_ERROR_CHARS] if error is not None else None
+
+
+async def post_result(state: CSState, mt_id: str, job_id: str,
+                      outcome: tuple[str, dict[str, Any] | None, str | None]) -> None:
+    final, result, error = outcome
+    async with state.change() as session:
+        job = await session.get(Job, job_id)
+        if job is None:
+            raise errors.NotFound(f"no job {job_id}")
+        disk = await session.get(Disk, job.disk_id)
+        if disk is None or disk.mt_id != mt_id:
+            raise errors.Forbidden(f"job {job_id} is not for a disk of this master target")
+        if job.state in FINAL_STATES:
+            if job.state != final:
+                raise errors.Conflict(f"job {job_id} already {job.state}")
+            return
+        job.state, job.result, job.error, job.updated_ns = final, result, error, time.time_ns()
+    log.info("job_finished", job_id=job_id, state=final, error=error)

@@ -1,0 +1,72 @@
+"""Per-role settings documents and the settings long-poll.
+
+The version of every document is the global settings version: any change a document could
+show bumps it (``CSState.change``), so a component whose version is older gets the current
+document at once, and otherwise waits until the next change or the end of its wait.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from common import errors
+from cs.db import meta, repo
+from cs.db.models import Component, Disk, Job
+from cs.state import CSState
+
+
+def url_of(comp: Component | None, port_name: str) -> str | None:
+    """``https://HOST:PORT`` from what the component sent at registration (None if unknown)."""
+    if comp is None or port_name not in (comp.ports or {}):
+        return None
+    host = f"[{comp.address}]" if ":" in comp.address else comp.address
+    return f"https://{host}:{int(comp.ports[port_name])}"
+
+
+def agent_disk(disk: Disk, ps: Component | None) -> dict[str, Any]:
+    return {"disk_id": disk.disk_id, "name": disk.name, "size_bytes": disk.size_bytes,
+            "generation": disk.generation, "ps_url": url_of(ps, "data")}
+
+
+def ps_disk(disk: Disk, mt: Component | None) -> dict[str, Any]:
+    return {"disk_id": disk.disk_id, "machine_id": disk.machine_id, "generation": disk.generation,
+            "size_bytes": disk.size_bytes, "mt_url": url_of(mt, "data"), "mt_control_url": url_of(mt, "control"),
+            "key_epoch": disk.key_epoch, "key_b64": disk.key_b64}
+
+
+def mt_disk(disk: Disk) -> dict[str, Any]:
+    return {"disk_id": disk.disk_id, "ps_id": disk.ps_id, "generation": disk.generation,
+            "size_bytes": disk.size_bytes, "key_epoch": disk.key_epoch, "key_b64": disk.key_b64}
+
+
+def mt_job(job: Job) -> dict[str, Any]:
+    return {"job_id": job.job_id, "kind": job.kind, "disk_id": job.disk_id, "point": job.params.get("point")}
+
+
+async def document(session: AsyncSession, role: str, component_id: str) -> dict[str, Any]:
+    if role == "agent":
+        disks = [d for d in await repo.disks(session, machine_id=component_id) if d.ps_id is not None]
+        peers = await repo.components_by_id(session, {d.ps_id for d in disks if d.ps_id})
+        return {"disks": [agent_disk(d, peers.get(d.ps_id or "")) for d in disks]}
+    if role == "ps":
+        disks = list(await repo.disks(session, ps_id=component_id))
+        peers = await repo.components_by_id(session, {d.mt_id for d in disks if d.mt_id})
+        return {"disks": [ps_disk(d, peers.get(d.mt_id or "")) for d in disks]}
+    if role == "mt":
+        disks = list(await repo.disks(session, mt_id=component_id))
+        jobs = await repo.active_jobs_for_mt(session, component_id)
+        return {"disks": [mt_disk(d) for d in disks], "jobs": [mt_job(j) for j in jobs]}
+    raise errors.Forbidden(f"role {role} has no settings document")
+
+
+async def long_poll(state: CSState, role: str, component_id: str, version: int, wait_s: float) -> dict[str, Any]:
+    """``{version, document}`` at once if the version moved past ``version``, else after the wait."""
+    if role not in ("agent", "ps", "mt"):
+        raise errors.Forbidden(f"role {role} has no settings document")
+    await state.watch.wait_newer(version, min(max(0.0, wait_s), state.cfg.long_poll_max_s))
+    async with state.db.read() as session:
+        current = await meta.settings_version(session)
+        doc = await document(session, role, component_id)
+    return {"version": current, "document": doc}

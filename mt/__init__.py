@@ -1,0 +1,1 @@
+"""drlab master target: staging, replica images, undo journal, recovery-point catalog, failover."""

@@ -1,0 +1,224 @@
+"""Applying staged batches to one disk's replica through its undo journal (blocking core).
+
+:class:`DiskStore` owns one disk's replica, journal and staging area and shares the catalog.
+Every method blocks (file I/O and fsync): the asyncio shell calls them in a worker thread.
+``lock`` (a threading.RLock) is held for each batch applied, so a failover copy that takes it
+sees the replica between batches.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import errors
+from common import logging as dlog
+from common.wire import batch as wbatch
+from common.wire import journal as wj
+from mt.catalog import Catalog, Point, point_accuracy
+from mt.journal import CommittedBatch, Extent, Journal, crash_point
+from mt.replica import Replica
+from mt.staging import DiskStaging, Key
+
+log = dlog.get("drlab.mt.apply")
+
+RECENT = 256
+
+
+def merge_extents(records: list[wbatch.Record]) -> list[tuple[int, int]]:
+    """The union of the regions a batch writes, as sorted, disjoint (offset, length) pairs,
+    cut to at most MAX_UNDO_LEN bytes each."""
+    spans = sorted((r.offset, r.offset + len(r.data)) for r in records)
+    merged: list[list[int]] = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    out = []
+    for start, end in merged:
+        for pos in range(start, end, wj.MAX_UNDO_LEN):
+            out.append((pos, min(end, pos + wj.MAX_UNDO_LEN) - pos))
+    return out
+
+
+def next_key(staged: list[Key], applied: Key) -> tuple[Key | None, list[Key]]:
+    """Which staged batch to apply next, and which staged batches to discard.
+
+    Strictly in order: (applied gen, applied seq + 1) if staged; otherwise a newer generation
+    starts at its seq 1 (the oldest such generation), and every staged batch of an older
+    generation can no longer be applied in order. Batches at or below ``applied`` are done.
+    """
+    done = [k for k in staged if k <= applied]
+    want = (applied[0], applied[1] + 1)
+    if want in staged:
+        return want, done
+    newer = sorted(k for k in staged if k[0] > applied[0] and k[1] == 1)
+    if not newer:
+        return None, done
+    start = newer[0]
+    return start, done + [k for k in staged if applied < k and k[0] < start[0]]
+
+
+@dataclass
+class Applied:
+    """What one apply did (for logs and metrics)."""
+
+    point: Point
+    data_bytes: int
+
+
+class DiskStore:
+    def __init__(self, disk_id: str, data_dir: Path, catalog: Catalog, size_bytes: int,
+                 segment_max_bytes: int) -> None:
+        self.disk_id = disk_id
+        self.catalog = catalog
+        self.lock = threading.RLock()
+        self.closed = False
+        self.replica = Replica(data_dir / "replicas" / f"{disk_id}.img", size_bytes)
+        self.journal = Journal(data_dir / "journal" / disk_id, bytes.fromhex(disk_id), segment_max_bytes)
+        self.staging = DiskStaging(data_dir / "staging" / disk_id)
+        self.applied: Key = (0, 0)
+        self.in_resync = False
+        self.applied_bytes = 0
+        self.lags_ns: deque[int] = deque(maxlen=RECENT)
+        self.log = log.bind(disk=disk_id)
+
+    def __repr__(self) -> str:
+        return f"DiskStore({self.disk_id}, applied={self.applied})"
+
+    # -- open: recovery and reconciliation -----------------------------------------------------
+
+    def open(self) -> None:
+        """Recover the journal, reconcile the catalog with it and drop applied staging files."""
+        with self.lock:
+            self.staging.load()
+            committed = self.journal.open(self.replica)
+            self._reconcile(committed)
+            last = self.catalog.latest(self.disk_id)
+            if last is not None:
+                self.applied, self.in_resync = last.key, last.in_resync
+            for p in reversed(self.catalog.recent(self.disk_id, RECENT)):
+                self.lags_ns.append(p.received_ns - p.t_first_ns)
+            for key in self.staging.keys():
+                if key <= self.applied:
+                    self.staging.delete(*key)
+        self.log.info("disk_opened", applied_gen=self.applied[0], applied_seq=self.applied[1],
+                      staged=len(self.staging.keys()))
+
+    def _reconcile(self, committed: list[CommittedBatch]) -> None:
+        rows = {p.key: p for p in self.catalog.all(self.disk_id)}
+        journal_keys = {(c.info.gen, c.info.seq) for c in committed}
+        extra = [k for k in rows if k not in journal_keys]
+        if extra:
+            self.log.warning("catalog_rows_without_commit", count=len(extra))
+            self.catalog.delete(self.disk_id, extra)
+        in_resync = False
+        for c in committed:
+            key = (c.info.gen, c.info.seq)
+            row = rows.get(key)
+            if row is None or (row.segno, row.undo_off, row.commit_off) != (c.segno, c.undo_off, c.commit_off):
+                row = self._row_from_commit(c, in_resync, row)
+                self.catalog.insert(row)
+                self.log.info("catalog_row_restored", gen=key[0], seq=key[1])
+            in_resync = row.in_resync
+
+    def _row_from_commit(self, c: CommittedBatch, in_resync: bool, old: Point | None) -> Point:
+        info = c.info
+        _, still = point_accuracy(in_resync, int(wbatch.Mode.DATA), info.accuracy, info.flags)
+        checksum = old.checksum if old else self.staging.checksum((info.gen, info.seq))
+        return Point(self.disk_id, info.gen, info.seq, info.wnum_first, info.wnum_hi, info.t_first_ns,
+                     info.t_last_ns, info.received_ns, old.applied_ns if old else time.time_ns(), info.accuracy,
+                     info.flags, still, c.segno, c.undo_off, c.commit_off, old.data_bytes if old else 0, checksum)
+
+    # -- apply ---------------------------------------------------------------------------------
+
+    def next_staged(self) -> Key | None:
+        """The next batch to apply (discarding staged batches that can never apply)."""
+        key, discard = next_key(self.staging.keys(), self.applied)
+        for gen, seq in discard:
+            self.log.warning("staged_batch_discarded", gen=gen, seq=seq, applied_gen=self.applied[0],
+                             applied_seq=self.applied[1])
+            self.staging.delete(gen, seq)
+        return key
+
+    def apply_next(self) -> Applied | None:
+        """Apply the next staged batch, if any (None when nothing can be applied now)."""
+        with self.lock:
+            key = None if self.closed else self.next_staged()
+            if key is None:
+                return None
+            data, received_ns = self.staging.read(*key)
+            batch = wbatch.decode(data, disk_size=self.replica.size_bytes, max_bytes=max(len(data), 1))
+            if (batch.disk_id.hex(), batch.generation, batch.seq) != (self.disk_id, *key):
+                raise errors.MalformedBatch(f"staged batch {key} names another identity")
+            done = self.apply_batch(batch, received_ns, wbatch.checksum(data))
+            self.staging.delete(*key)
+            return done
+
+    def apply_batch(self, batch: wbatch.ChangeBatch, received_ns: int, checksum: bytes | None) -> Applied:
+        """Undo records -> fdatasync journal -> replica writes -> fdatasync replica -> commit
+        -> fdatasync journal -> catalog (the staging file is the caller's to delete)."""
+        with self.lock:
+            accuracy, in_resync = point_accuracy(self.in_resync, batch.mode, batch.accuracy, batch.flags)
+            extents = self._old_bytes(batch)
+            undo_off = self.journal.append_undo(batch.generation, batch.seq, extents)
+            self.journal.sync()
+            crash_point("after_journal_fsync")
+            for rec in batch.records:
+                self.replica.write(rec.offset, rec.data)
+            crash_point("after_replica_write")
+            self.replica.sync()
+            crash_point("before_commit")
+            info = wj.CommitInfo(batch.generation, batch.seq, batch.wnum_first, batch.wnum_hi, batch.t_first_ns,
+                                 batch.t_last_ns, received_ns, int(accuracy), batch.flags, len(extents))
+            commit_off = self.journal.append_commit(info)
+            self.journal.sync()
+            nbytes = wbatch.total_data_bytes(batch)
+            point = Point(self.disk_id, batch.generation, batch.seq, batch.wnum_first, batch.wnum_hi,
+                          batch.t_first_ns, batch.t_last_ns, received_ns, time.time_ns(), int(accuracy),
+                          batch.flags, in_resync, self.journal.segno, undo_off, commit_off, nbytes, checksum)
+            self.catalog.insert(point)
+            self.applied, self.in_resync = point.key, in_resync
+            self.applied_bytes += nbytes
+            self.lags_ns.append(received_ns - batch.t_first_ns)
+            self.journal.rotate_if_full()
+        return Applied(point, nbytes)
+
+    def _old_bytes(self, batch: wbatch.ChangeBatch) -> list[Extent]:
+        return [(off, self.replica.read(off, length)) for off, length in merge_extents(batch.records)]
+
+    # -- receipt -------------------------------------------------------------------------------
+
+    def receive(self, gen: int, seq: int, data: bytes) -> bool:
+        """Stage a verified batch durably: True if new, False for an identical re-send."""
+        digest = wbatch.checksum(data)
+        staged = self.staging.checksum((gen, seq))
+        if staged is None and (gen, seq) <= self.applied:
+            row = self.catalog.get(self.disk_id, gen, seq)
+            if row is not None and row.checksum is not None and row.checksum != digest:
+                raise errors.ChecksumMismatch(f"batch {gen}/{seq} was applied with another checksum")
+            return False
+        return self.staging.store(gen, seq, data)
+
+    def progress(self, generation: int) -> tuple[int, int]:
+        """(mt_received, mt_applied): highest contiguous seqs of ``generation`` here."""
+        applied = self.applied[1] if self.applied[0] == generation else 0
+        return self.staging.contiguous_from(generation, applied), applied
+
+    def current_generation(self, settings_gen: int) -> int:
+        staged = self.staging.keys()
+        return max(settings_gen, self.applied[0], staged[-1][0] if staged else 0)
+
+    def grow(self, size_bytes: int) -> None:
+        with self.lock:
+            self.replica.ensure_size(size_bytes)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.journal.close()
+            self.replica.close()

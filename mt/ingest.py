@@ -1,0 +1,153 @@
+"""The MT's two apps: data (HTTPS 9443, PS certificates: sealed batches in) and control
+(HTTPS 9080: status for the PS and admins, recovery points for admins).
+
+Order of checks for a PUT: certificate and role -> disk held here (404) and served by the
+caller PS (403) -> generation not stale (409) -> body size (413) -> open the seal (400 tampered /
+malformed), seal header == URL, full batch check with the disk size (400) -> durable staging
+(409 checksum mismatch) -> 201 (200 for an identical re-send). Nothing is staged on any error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from common import errors
+from common import logging as dlog
+from common.config import MTConfig
+from common.http import make_app, read_body, require_role
+from common.tls import Identity
+from common.wire import batch as wbatch
+from common.wire import seal
+from mt.settings import DiskSettings, Registry
+from mt.worker import DiskWorker
+
+log = dlog.get("drlab.mt.ingest")
+
+U64_MAX = (1 << 64) - 1
+
+
+@dataclass
+class IngestContext:
+    cfg: MTConfig
+    registry: Registry
+    workers: dict[str, DiskWorker]
+    executor: Executor | None
+
+
+CONTEXT: web.AppKey[IngestContext] = web.AppKey("mt_ingest", IngestContext)
+
+
+def build_data_app(ctx: IngestContext) -> web.Application:
+    app = make_app(revoked=ctx.registry.is_revoked, client_max_size=sealed_limit(ctx.cfg.max_batch_bytes))
+    app[CONTEXT] = ctx
+    app.router.add_put("/v1/disks/{disk_id}/batches/{gen}/{seq}", put_batch)
+    return app
+
+
+def build_control_app(ctx: IngestContext) -> web.Application:
+    app = make_app(revoked=ctx.registry.is_revoked)
+    app[CONTEXT] = ctx
+    app.router.add_get("/v1/disks/{disk_id}/status", get_status)
+    app.router.add_get("/v1/disks/{disk_id}/points", get_points)
+    return app
+
+
+def sealed_limit(max_plain: int) -> int:
+    """Largest sealed body a ``max_plain``-byte batch can make (lz4 worst case + header + tag)."""
+    return max_plain + max_plain // 128 + 1024 + seal.HEADER_SIZE + seal.TAG_SIZE
+
+
+def parse_disk_id(text: str) -> str:
+    if len(text) != 32 or text != text.lower() or not all(c in "0123456789abcdef" for c in text):
+        raise errors.NotFound(f"no disk {text[:64]!r}")
+    return text
+
+
+def parse_u64(text: str, what: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= U64_MAX:
+        raise errors.BadRequest(f"{what} must be an integer in [1, 2^64)")
+    return int(text)
+
+
+def disk_for(ctx: IngestContext, disk_id: str, ident: Identity) -> tuple[DiskSettings | None, DiskWorker]:
+    """The disk's settings and worker if it is held here and the caller may use it."""
+    disk = ctx.registry.disks.get(disk_id)
+    worker = ctx.workers.get(disk_id)
+    if worker is None or (disk is None and ident.role != "admin"):
+        raise errors.NotFound(f"disk {disk_id} is not held by this master target")
+    if ident.role == "ps" and (disk is None or disk.ps_id != ident.component_id):
+        raise errors.Forbidden(f"disk {disk_id} is not served by the calling process server")
+    return disk, worker
+
+
+def open_batch(body: bytes, disk: DiskSettings, key_for: Callable[[int], bytes], gen: int, seq: int,
+               max_bytes: int) -> bytes:
+    """Open the seal and fully check the change batch inside (CPU: worker thread)."""
+    hdr, plain = seal.open_sealed(body, key_for, max_plain=max_bytes)
+    if (hdr.disk_id.hex(), hdr.generation, hdr.seq) != (disk.disk_id, gen, seq):
+        raise errors.MalformedBatch("sealed batch (disk, generation, seq) differs from the URL")
+    wbatch.decode(plain, disk_size=disk.size_bytes, max_bytes=max_bytes)
+    return plain
+
+
+def check_generation(worker: DiskWorker, disk: DiskSettings, gen: int) -> None:
+    current = worker.store.current_generation(disk.generation)
+    if gen < current:
+        raise errors.StaleGeneration(f"generation {gen} is older than the disk's generation {current}")
+
+
+async def put_batch(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ident = require_role(request, "ps")
+    disk_id = parse_disk_id(request.match_info["disk_id"])
+    gen = parse_u64(request.match_info["gen"], "generation")
+    seq = parse_u64(request.match_info["seq"], "seq")
+    disk, worker = disk_for(ctx, disk_id, ident)
+    assert disk is not None  # a PS caller only gets here for a disk in the settings
+    check_generation(worker, disk, gen)
+    body = await read_body(request, sealed_limit(ctx.cfg.max_batch_bytes))
+    loop = asyncio.get_running_loop()
+    plain = await loop.run_in_executor(ctx.executor, open_batch, body, disk,
+                                       lambda epoch: ctx.registry.key_for(disk_id, epoch), gen, seq,
+                                       ctx.cfg.max_batch_bytes)
+    check_generation(worker, disk, gen)
+    created = await loop.run_in_executor(ctx.executor, worker.store.receive, gen, seq, plain)
+    if created:
+        worker.wake()
+        log.debug("batch_staged", disk=disk_id, gen=gen, seq=seq, bytes=len(plain))
+    received, applied = worker.store.progress(gen)
+    return web.json_response({"mt_received": received, "mt_applied": applied}, status=201 if created else 200)
+
+
+def status_of(worker: DiskWorker, disk: DiskSettings | None) -> dict[str, Any]:
+    store = worker.store
+    gen = store.current_generation(disk.generation if disk else 0)
+    received, applied = store.progress(gen)
+    return {"generation": gen, "mt_received": received, "mt_applied": applied, "applied_gen": store.applied[0]}
+
+
+async def get_status(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ident = require_role(request, "ps", "admin")
+    disk, worker = disk_for(ctx, parse_disk_id(request.match_info["disk_id"]), ident)
+    return web.json_response(status_of(worker, disk))
+
+
+async def get_points(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ident = require_role(request, "admin")
+    disk_id = parse_disk_id(request.match_info["disk_id"])
+    _, worker = disk_for(ctx, disk_id, ident)
+    text = request.query.get("limit", "1000")
+    if not text.isdigit() or int(text) < 1:
+        raise errors.BadRequest("limit must be a positive integer")
+    limit = min(int(text), 1 << 62)
+    rows = await asyncio.get_running_loop().run_in_executor(ctx.executor, worker.store.catalog.recent,
+                                                            disk_id, limit)
+    return web.json_response({"items": [p.public() for p in reversed(rows)]})

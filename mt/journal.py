@@ -1,0 +1,241 @@
+"""The undo journal of one disk: ``journal/{disk_id}/{segno:08d}.seg`` (codec: common.wire.journal).
+
+Crash points for fault-injection tests: ``DRLAB_MT_CRASH_AT=name[:n]`` (or :data:`CRASH_AT`)
+makes the process ``os._exit(137)`` the n-th time (default 1st) it reaches point ``name``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import errors
+from common import logging as dlog
+from common.wire import journal as wj
+from mt.replica import Replica, fsync_dir, write_all
+
+log = dlog.get("drlab.mt.journal")
+
+CRASH_POINTS = ("after_journal_fsync", "after_replica_write", "before_commit", "mid_rollback")
+CRASH_AT: str | None = os.environ.get("DRLAB_MT_CRASH_AT")
+_crash_hits: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Die like ``kill -9`` here when the configured crash point is ``name`` (tests only)."""
+    if not CRASH_AT:
+        return
+    target, _, count = CRASH_AT.partition(":")
+    if target != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] >= int(count or 1):
+        os._exit(137)
+
+
+@dataclass(frozen=True)
+class CommittedBatch:
+    """Where a committed batch lives: undo records in ``[undo_off, commit_off)`` of ``segno``."""
+
+    segno: int
+    undo_off: int
+    commit_off: int
+    info: wj.CommitInfo
+
+
+Extent = tuple[int, bytes]  # (replica offset, bytes)
+
+
+def segment_name(segno: int) -> str:
+    return f"{segno:08d}.seg"
+
+
+class Journal:
+    """Append-only undo journal of one disk. The rules:
+
+    1. Undo before overwrite: a batch's undo records (the replica's bytes before the batch, for
+       every region it writes) are appended and fdatasynced before the replica is touched.
+    2. The commit record is appended (and fdatasynced) only after the replica writes are
+       fdatasynced; commit records are the authority on which batches are applied.
+    3. A batch's records never span segments: a new segment is started only between batches,
+       once the current one has passed ``segment_max_bytes``. Segments are removed whole.
+    4. Recovery on open: undo records after the last commit of the newest segment belong to a
+       batch interrupted mid-apply. They are written back to the replica in reverse order, the
+       replica is fsynced, and only then is the tail (with any torn or garbage bytes) truncated.
+       Rolling back is idempotent (every undo record holds pre-batch bytes), so a crash during
+       recovery is recovered the same way. Truncating without rolling back would corrupt every
+       older recovery point.
+    """
+
+    def __init__(self, directory: Path, disk_id: bytes, segment_max_bytes: int) -> None:
+        self.directory = directory
+        self.disk_id = disk_id
+        self.segment_max_bytes = segment_max_bytes
+        self.segno = 0
+        self.pos = 0
+        self._fd = -1
+        self.log = log.bind(disk=disk_id.hex())
+
+    def __repr__(self) -> str:
+        return f"Journal({self.directory}, segno={self.segno}, pos={self.pos})"
+
+    # -- open and recovery ---------------------------------------------------------------------
+
+    def segments(self) -> list[int]:
+        nums = []
+        for p in self.directory.glob("*.seg"):
+            if p.stem.isdigit():
+                nums.append(int(p.stem))
+        return sorted(nums)
+
+    def path(self, segno: int) -> Path:
+        return self.directory / segment_name(segno)
+
+    def open(self, replica: Replica) -> list[CommittedBatch]:
+        """Recover (rule 4) and return every committed batch, oldest first."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        segnos = self.segments()
+        if not segnos:
+            self._create(1)
+            return []
+        committed: list[CommittedBatch] = []
+        for segno in segnos[:-1]:
+            batches, tail = self._scan(segno)
+            committed += batches
+            if tail:
+                raise errors.MalformedBatch(f"segment {segno} has uncommitted records before the newest",
+                                            code="journal_corrupt")
+        last = segnos[-1]
+        if os.path.getsize(self.path(last)) < wj.SEGMENT_HEADER_SIZE:
+            self._create(last)
+            return committed
+        batches, tail = self._scan(last)
+        committed += batches
+        keep = batches[-1].commit_off + wj.COMMIT_SIZE if batches else wj.SEGMENT_HEADER_SIZE
+        self._rollback_tail(last, tail, replica)
+        self._truncate(last, keep)
+        self._open_for_append(last, keep)
+        return committed
+
+    def _scan(self, segno: int) -> tuple[list[CommittedBatch], list[wj.UndoRecord]]:
+        result = wj.scan_segment(self.path(segno))
+        if result.header is None or result.header.disk_id != self.disk_id or result.header.segment_no != segno:
+            raise errors.MalformedBatch(f"segment {segno} header is not this disk's", code="journal_corrupt")
+        if result.tail is not None:
+            self.log.warning("journal_torn_tail", segno=segno, valid_end=result.valid_end,
+                             file_size=result.file_size, why=result.tail)
+        batches: list[CommittedBatch] = []
+        pending: list[wj.UndoRecord] = []
+        start = wj.SEGMENT_HEADER_SIZE
+        for offset, rec in result.records:
+            if isinstance(rec, wj.UndoRecord):
+                pending.append(rec)
+                continue
+            if rec.nundo != len(pending):
+                self.log.error("journal_commit_count_mismatch", gen=rec.gen, seq=rec.seq, nundo=rec.nundo,
+                               found=len(pending))
+            batches.append(CommittedBatch(segno, start, offset, rec))
+            pending = []
+            start = offset + wj.COMMIT_SIZE
+        return batches, pending
+
+    def _rollback_tail(self, segno: int, tail: list[wj.UndoRecord], replica: Replica) -> None:
+        if not tail:
+            return
+        gen, seq = tail[0].gen, tail[0].seq
+        self.log.warning("journal_rollback", segno=segno, gen=gen, seq=seq, undo_records=len(tail))
+        with open(self.path(segno), "rb") as f:
+            extents = [(rec.offset, wj.read_undo_data(f, rec)) for rec in tail]
+        half = len(extents) // 2
+        for i, (offset, old) in enumerate(reversed(extents)):
+            if i == half:
+                crash_point("mid_rollback")
+            replica.write(offset, old)
+        replica.sync()
+
+    def _truncate(self, segno: int, keep: int) -> None:
+        path = self.path(segno)
+        if os.path.getsize(path) == keep:
+            return
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.log.info("journal_truncated", segno=segno, size=keep)
+
+    def _create(self, segno: int) -> None:
+        path = self.path(segno)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            write_all(fd, wj.encode_segment_header(self.disk_id, segno), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(self.directory)
+        self._open_for_append(segno, wj.SEGMENT_HEADER_SIZE)
+
+    def _open_for_append(self, segno: int, pos: int) -> None:
+        self.close()
+        self._fd = os.open(self.path(segno), os.O_WRONLY)
+        self.segno, self.pos = segno, pos
+
+    # -- append --------------------------------------------------------------------------------
+
+    def append_undo(self, gen: int, seq: int, extents: Iterable[Extent]) -> int:
+        """Append the undo records of one batch (not synced); returns the offset of the first."""
+        start = self.pos
+        for offset, old in extents:
+            head, trailer = wj.encode_undo_parts(gen, seq, offset, old)
+            self._write([head, old, trailer])
+        return start
+
+    def append_commit(self, info: wj.CommitInfo) -> int:
+        offset = self.pos
+        self._write([wj.encode_commit(info)])
+        return offset
+
+    def _write(self, parts: list[bytes]) -> None:
+        total = sum(len(p) for p in parts)
+        written = os.pwritev(self._fd, parts, self.pos)
+        if written != total:
+            write_all(self._fd, b"".join(parts)[written:], self.pos + written)
+        self.pos += total
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def rotate_if_full(self) -> None:
+        """Between batches only (rule 3)."""
+        if self.pos >= self.segment_max_bytes:
+            self._create(self.segno + 1)
+            self.log.info("journal_rotated", segno=self.segno)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_undo_range(path: Path, start: int, end: int) -> list[Extent]:
+    """The undo records of one committed batch: those in ``[start, end)`` of a segment."""
+    extents: list[Extent] = []
+    if start >= end:
+        return extents
+    with open(path, "rb") as f:
+        for offset, rec in wj.scan(f, start):
+            if offset >= end:
+                break
+            if not isinstance(rec, wj.UndoRecord):
+                raise errors.MalformedBatch(f"commit record inside an undo range at {offset}", code="journal_corrupt")
+            extents.append((rec.offset, wj.read_undo_data(f, rec)))
+    return extents
+
+
+def roll_back(fd: int, extents: list[Extent]) -> None:
+    """Write a batch's undo records to ``fd`` in reverse order (no sync)."""
+    for offset, old in reversed(extents):
+        write_all(fd, old, offset)

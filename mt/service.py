@@ -1,0 +1,163 @@
+"""The master target as one object: two TLS sockets, per-disk stores and applier tasks, the
+failover job runner and the control plane.
+
+``start()`` binds both sockets (port 0 allowed), registers with the CS reporting the bound
+ports, recovers every disk journal found on disk, and only then serves. ``stop()`` stops
+serving, cancels the tasks (an apply in progress finishes its batch) and closes the stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from common import component, tls
+from common import logging as dlog
+from common.config import MTConfig
+from common.http import ApiClient
+from mt import metrics
+from mt.apply import DiskStore
+from mt.catalog import Catalog
+from mt.ingest import IngestContext, build_control_app, build_data_app
+from mt.jobs import JobRunner
+from mt.settings import Registry
+from mt.worker import DiskWorker
+
+log = dlog.get("drlab.mt")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(256)
+    sock.setblocking(False)
+    return sock
+
+
+class MTService:
+    def __init__(self, cfg: MTConfig, *, apply_threads: int = 4) -> None:
+        self.cfg = cfg
+        self.data_port = 0
+        self.control_port = 0
+        self.component_id = ""
+        self.registry = Registry()
+        self.workers: dict[str, DiskWorker] = {}
+        self.catalog: Catalog | None = None
+        self.jobs: JobRunner | None = None
+        self._apply_threads = apply_threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._socks: list[socket.socket] = []
+        self._runners: list[web.AppRunner] = []
+        self._control: component.ControlPlane | None = None
+
+    def __repr__(self) -> str:
+        return f"MTService(id={self.component_id or '?'}, data={self.data_port}, control={self.control_port})"
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self._socks = [bind_socket(cfg.listen_host, cfg.data_port), bind_socket(cfg.listen_host, cfg.control_port)]
+        self.data_port, self.control_port = (int(s.getsockname()[1]) for s in self._socks)
+        try:
+            files = await component.ensure_identity(cfg, "mt", {"data": self.data_port, "control": self.control_port})
+        except BaseException:
+            self._close_socks()
+            raise
+        self.component_id = str(files.read_meta()["component_id"])
+        self._executor = ThreadPoolExecutor(self._apply_threads, thread_name_prefix="mt-work")
+        self.catalog = Catalog(cfg.data_dir / "catalog.db")
+        await self._recover_all()
+        self._control = component.ControlPlane(cfg, files, on_settings=self._on_settings, metrics=self.metrics)
+        control = self._control
+        self.jobs = JobRunner(cfg.data_dir, self.workers.get, self._executor, lambda: control.cs,
+                              max_backoff_s=cfg.retry_max_backoff_s)
+        ctx = IngestContext(cfg, self.registry, self.workers, self._executor)
+        ssl_ctx = tls.server_context(files)
+        for app, sock in ((build_data_app(ctx), self._socks[0]), (build_control_app(ctx), self._socks[1])):
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+            await runner.setup()
+            await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
+            self._runners.append(runner)
+        self._control.start()
+        log.info("mt_started", component_id=self.component_id, data_port=self.data_port,
+                 control_port=self.control_port, disks=len(self.workers))
+
+    async def _recover_all(self) -> None:
+        """Open (recover) every disk that has state on disk, before any data is accepted."""
+        root = self.cfg.data_dir
+        found = {p.name for sub in ("journal", "staging") if (root / sub).is_dir() for p in (root / sub).iterdir()}
+        for disk_id in sorted(d for d in found if len(d) == 32 and all(c in "0123456789abcdef" for c in d)):
+            image = root / "replicas" / f"{disk_id}.img"
+            await self._open_disk(disk_id, image.stat().st_size if image.exists() else 0)
+
+    async def _open_disk(self, disk_id: str, size_bytes: int) -> DiskWorker:
+        assert self._executor is not None and self.catalog is not None
+        store = DiskStore(disk_id, self.cfg.data_dir, self.catalog, size_bytes, self.cfg.segment_max_bytes)
+        await asyncio.get_running_loop().run_in_executor(self._executor, store.open)
+        worker = self.workers[disk_id] = DiskWorker(store, self._executor, self.cfg.retry_max_backoff_s)
+        worker.start()
+        return worker
+
+    async def _on_settings(self, document: dict[str, Any]) -> None:
+        if not isinstance(document, dict):
+            log.error("settings_document_ignored", kind=type(document).__name__)
+            return
+        disks = self.registry.parse(document)
+        loop = asyncio.get_running_loop()
+        for disk in disks.values():  # stores exist before the disk is accepted by ingest
+            worker = self.workers.get(disk.disk_id)
+            if worker is None:
+                await self._open_disk(disk.disk_id, disk.size_bytes)
+            elif disk.size_bytes > worker.store.replica.size_bytes:
+                await loop.run_in_executor(self._executor, worker.store.grow, disk.size_bytes)
+        self.registry.apply(disks, document)
+        log.info("settings_applied", disks=len(disks), jobs=len(self.registry.jobs))
+        if self.jobs is not None:
+            self.jobs.submit(self.registry.jobs)
+
+    async def wait_settings(self, timeout_s: float = 10.0) -> None:
+        assert self._control is not None
+        await asyncio.wait_for(self._control.first_settings.wait(), timeout_s)
+
+    async def refresh_settings(self) -> bool:
+        """Fetch the settings document now (without waiting); True if it changed."""
+        assert self._control is not None
+        return await self._control.poll_once(0)
+
+    def metrics(self) -> dict[str, Any]:
+        return metrics.collect(self.workers, self.registry)
+
+    @property
+    def cs(self) -> ApiClient | None:
+        return self._control.cs if self._control else None
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners = []
+        if self.jobs is not None:
+            await self.jobs.stop()
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
+        for worker in self.workers.values():
+            await worker.stop()
+        self.workers.clear()
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        if self.catalog is not None:
+            self.catalog.close()
+            self.catalog = None
+        self._close_socks()
+        log.info("mt_stopped", component_id=self.component_id)
+
+    def _close_socks(self) -> None:
+        for s in self._socks:
+            s.close()
+        self._socks = []

@@ -1,0 +1,159 @@
+"""Durable staging of received change batches: ``staging/{disk_id}/{gen:08d}-{seq:012d}.batch``.
+
+A file holds the opened, decompressed and checksum-verified change batch. It is written to a
+unique temp file, fsynced, renamed into place and the directory fsynced before the receipt is
+acknowledged; it is deleted once the batch is applied. Identity is (gen, seq): storing the same
+identity with the same checksum again is a no-op, with another checksum a ChecksumMismatch.
+Blocking: call from a worker thread (thread-safe).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import uuid
+from pathlib import Path
+
+from common import errors
+from common import logging as dlog
+from common.wire import batch as wbatch
+from mt.replica import fsync_dir, read_exact
+
+log = dlog.get("drlab.mt.staging")
+
+_NAME = re.compile(r"^(\d{8,20})-(\d{12,20})\.batch$")
+Key = tuple[int, int]
+
+
+def file_name(gen: int, seq: int) -> str:
+    return f"{gen:08d}-{seq:012d}.batch"
+
+
+class DiskStaging:
+    """The staged batches of one disk, indexed by (gen, seq) -> checksum."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._index: dict[Key, bytes] = {}
+        self._bytes: dict[Key, int] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DiskStaging({self.directory}, batches={len(self._index)})"
+
+    def load(self) -> None:
+        """Index what a previous run left (temp files are removed: never acknowledged)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for path in self.directory.iterdir():
+            m = _NAME.match(path.name)
+            if m is None:
+                if path.name.endswith(".tmp"):
+                    path.unlink(missing_ok=True)
+                continue
+            size = path.stat().st_size
+            if size < wbatch.HEADER_SIZE + wbatch.TRAILER_SIZE:
+                log.error("staged_batch_truncated", path=str(path))
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                trailer = read_exact(fd, wbatch.TRAILER_SIZE, size - wbatch.TRAILER_SIZE)
+            finally:
+                os.close(fd)
+            key = (int(m.group(1)), int(m.group(2)))
+            self._index[key], self._bytes[key] = trailer, size
+
+    def path(self, gen: int, seq: int) -> Path:
+        return self.directory / file_name(gen, seq)
+
+    def checksum(self, key: Key) -> bytes | None:
+        with self._lock:
+            return self._index.get(key)
+
+    def keys(self) -> list[Key]:
+        with self._lock:
+            return sorted(self._index)
+
+    def __contains__(self, key: Key) -> bool:
+        with self._lock:
+            return key in self._index
+
+    def backlog(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._index), sum(self._bytes.values())
+
+    def store(self, gen: int, seq: int, data: bytes) -> bool:
+        """Store durably; True if new, False for an identical re-send (ChecksumMismatch otherwise)."""
+        key, digest = (gen, seq), wbatch.checksum(data)
+        if self._known(key, digest):
+            return False
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with self._lock:
+            if key in self._index:
+                tmp.unlink(missing_ok=True)
+                self._same_or_raise(key, digest)
+                return False
+            os.replace(tmp, self.path(gen, seq))
+            fsync_dir(self.directory)
+            self._index[key], self._bytes[key] = digest, len(data)
+        return True
+
+    def _known(self, key: Key, digest: bytes) -> bool:
+        with self._lock:
+            if key not in self._index:
+                return False
+            self._same_or_raise(key, digest)
+            return True
+
+    def _same_or_raise(self, key: Key, digest: bytes) -> None:
+        if self._index[key] != digest:
+            raise errors.ChecksumMismatch(f"batch {key[0]}/{key[1]} was received with another checksum")
+
+    def read(self, gen: int, seq: int) -> tuple[bytes, int]:
+        """(batch bytes, received time in ns: the file's mtime, set when it was written)."""
+        path = self.path(gen, seq)
+        with open(path, "rb") as f:
+            data = f.read()
+            mtime = os.fstat(f.fileno()).st_mtime_ns
+        return data, mtime
+
+    def delete(self, gen: int, seq: int) -> None:
+        with self._lock:
+            self._index.pop((gen, seq), None)
+            self._bytes.pop((gen, seq), None)
+        self.path(gen, seq).unlink(missing_ok=True)
+
+    def contiguous_from(self, gen: int, seq: int) -> int:
+        """Highest s >= seq such that (gen, seq + 1) .. (gen, s) are all staged."""
+        with self._lock:
+            while (gen, seq + 1) in self._index:
+                seq += 1
+        return seq
+
+
+class Staging:
+    """Every disk's staging area under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._disks: dict[str, DiskStaging] = {}
+
+    def disk(self, disk_id: str) -> DiskStaging:
+        ds = self._disks.get(disk_id)
+        if ds is None:
+            ds = self._disks[disk_id] = DiskStaging(self.root / disk_id)
+        return ds
+
+    def disk_ids(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())

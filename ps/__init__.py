@@ -1,0 +1,1 @@
+"""Process server: ingest from agents, durable cache, upload to the MT."""

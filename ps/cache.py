@@ -1,0 +1,253 @@
+"""The PS's durable cache of change batches, one directory per disk.
+
+Layout: ``{root}/{disk_id}/{gen:08d}-{seq:012d}.batch``, each file the change batch exactly as
+the agent sent it (so its last 16 bytes are the batch checksum).
+
+Rules:
+- A batch is stored by writing ``*.tmp``, fsync, rename, fsync of the directory: a file with
+  the final name is always complete and durable. Leftover ``*.tmp`` files (a crash mid-store)
+  are removed when the cache is loaded; they were never acknowledged.
+- The in-memory index ``{(gen, seq): Entry}`` per disk is rebuilt from the directory at load.
+- Storing an identity that is already cached (or was recently uploaded) with the same checksum
+  is a no-op; with another checksum it is :class:`ChecksumMismatch`. Nothing is written then.
+- A store that would take the cache above ``max_bytes`` is refused with :class:`Throttled`.
+- A file is deleted only after the MT's durable receipt (the uploader calls :meth:`delete`).
+  A delete that a crash undoes only causes an idempotent re-upload.
+
+Index changes happen on the event-loop thread; file I/O runs in the given executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import os
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import errors
+from common import logging as dlog
+from common.wire import batch as wbatch
+
+log = dlog.get("drlab.ps.cache")
+
+SUFFIX = ".batch"
+TMP_SUFFIX = ".tmp"
+RECENT_DONE = 4096
+THROTTLE_RETRY_S = 1.0
+
+Key = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Entry:
+    gen: int
+    seq: int
+    size: int
+    checksum: bytes = field(repr=False)
+
+
+def file_name(gen: int, seq: int) -> str:
+    return f"{gen:08d}-{seq:012d}{SUFFIX}"
+
+
+def parse_name(name: str) -> Key | None:
+    if not name.endswith(SUFFIX):
+        return None
+    gen, sep, seq = name[: -len(SUFFIX)].partition("-")
+    if not sep or not gen.isdigit() or not seq.isdigit():
+        return None
+    return int(gen), int(seq)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(directory: Path, name: str, data: bytes) -> None:
+    """tmp file + fsync + rename + directory fsync (runs in a worker thread)."""
+    if not directory.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        fsync_dir(directory.parent)
+    tmp = directory / f"{name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, directory / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(directory)
+
+
+class DiskIndex:
+    """What is cached for one disk, in (gen, seq) order, plus recently uploaded checksums."""
+
+    def __init__(self) -> None:
+        self.entries: dict[Key, Entry] = {}
+        self.order: list[Key] = []
+        self.bytes = 0
+        self.done: OrderedDict[Key, bytes] = OrderedDict()
+
+    def add(self, entry: Entry) -> None:
+        key = (entry.gen, entry.seq)
+        self.entries[key] = entry
+        bisect.insort(self.order, key)
+        self.bytes += entry.size
+
+    def remove(self, key: Key) -> Entry | None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.order.pop(bisect.bisect_left(self.order, key))
+            self.bytes -= entry.size
+            self.done[key] = entry.checksum
+            while len(self.done) > RECENT_DONE:
+                self.done.popitem(last=False)
+        return entry
+
+    def known_checksum(self, key: Key) -> bytes | None:
+        entry = self.entries.get(key)
+        return entry.checksum if entry is not None else self.done.get(key)
+
+
+class BatchCache:
+    def __init__(self, root: Path, max_bytes: int, executor: Executor | None = None) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._executor = executor
+        self._disks: dict[str, DiskIndex] = {}
+        self._reserved = 0
+        self._inflight: dict[tuple[str, int, int], asyncio.Future[None]] = {}
+
+    def __repr__(self) -> str:
+        return f"BatchCache({self.root}, used={self.used_bytes}, max={self.max_bytes})"
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Remove leftover tmp files and rebuild the index from the directory (blocking)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._disks.clear()
+        for disk_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            self._load_disk(disk_dir)
+        log.info("cache_loaded", disks=len(self._disks), batches=self.total_batches, bytes=self.used_bytes)
+
+    def _load_disk(self, disk_dir: Path) -> None:
+        index = self._disks.setdefault(disk_dir.name, DiskIndex())
+        for path in disk_dir.iterdir():
+            if path.name.endswith(TMP_SUFFIX):
+                path.unlink(missing_ok=True)
+                log.info("cache_tmp_removed", path=str(path))
+                continue
+            key = parse_name(path.name)
+            if key is None or not path.is_file():
+                continue
+            size = path.stat().st_size
+            with open(path, "rb") as fh:
+                fh.seek(max(0, size - wbatch.TRAILER_SIZE))
+                checksum = fh.read(wbatch.TRAILER_SIZE)
+            index.add(Entry(key[0], key[1], size, checksum))
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(d.bytes for d in self._disks.values())
+
+    @property
+    def total_batches(self) -> int:
+        return sum(len(d.entries) for d in self._disks.values())
+
+    @property
+    def free_fraction(self) -> float:
+        return max(0.0, 1.0 - self.used_bytes / self.max_bytes) if self.max_bytes > 0 else 0.0
+
+    def disks(self) -> list[str]:
+        return sorted(self._disks)
+
+    def pending(self, disk_id: str) -> list[Entry]:
+        """Cached batches of the disk in (gen, seq) order."""
+        index = self._disks.get(disk_id)
+        return [index.entries[k] for k in index.order] if index else []
+
+    def backlog(self, disk_id: str) -> tuple[int, int]:
+        index = self._disks.get(disk_id)
+        return (len(index.entries), index.bytes) if index else (0, 0)
+
+    def lookup(self, disk_id: str, gen: int, seq: int) -> Entry | None:
+        index = self._disks.get(disk_id)
+        return index.entries.get((gen, seq)) if index else None
+
+    def path(self, disk_id: str, gen: int, seq: int) -> Path:
+        return self.root / disk_id / file_name(gen, seq)
+
+    def read(self, disk_id: str, entry: Entry) -> bytes:
+        """The cached bytes of a batch (blocking: call in a worker thread)."""
+        return self.path(disk_id, entry.gen, entry.seq).read_bytes()
+
+    # -- changes -------------------------------------------------------------------------------
+
+    async def store(self, disk_id: str, gen: int, seq: int, data: bytes) -> bool:
+        """Store durably; True if newly stored, False if the same batch was already there."""
+        ident = (disk_id, gen, seq)
+        while (pending := self._inflight.get(ident)) is not None:
+            await asyncio.shield(pending)
+        checksum = wbatch.checksum(data)
+        if self._already_have(disk_id, (gen, seq), checksum):
+            return False
+        self._reserve(len(data))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[ident] = done
+        # Shielded: once the write started, the index follows the file even if the caller goes away.
+        await asyncio.shield(self._write(ident, Entry(gen, seq, len(data), checksum), data, done))
+        return True
+
+    async def _write(self, ident: tuple[str, int, int], entry: Entry, data: bytes, done: asyncio.Future[None]) -> None:
+        disk_id = ident[0]
+        try:
+            await self._run(write_durable, self.root / disk_id, file_name(entry.gen, entry.seq), data)
+            self._disks.setdefault(disk_id, DiskIndex()).add(entry)
+        finally:
+            self._reserved -= entry.size
+            del self._inflight[ident]
+            done.set_result(None)
+
+    def _already_have(self, disk_id: str, key: Key, checksum: bytes) -> bool:
+        index = self._disks.get(disk_id)
+        known = index.known_checksum(key) if index else None
+        if known is None:
+            return False
+        if known != checksum:
+            raise errors.ChecksumMismatch(f"batch {key[0]}/{key[1]} was already received with another checksum")
+        return True
+
+    def _reserve(self, size: int) -> None:
+        if self.used_bytes + self._reserved + size > self.max_bytes:
+            raise errors.Throttled(f"cache full ({self.used_bytes} of {self.max_bytes} bytes used)",
+                                   retry_after_s=THROTTLE_RETRY_S)
+        self._reserved += size
+
+    async def delete(self, disk_id: str, gen: int, seq: int) -> None:
+        """Forget a batch the MT holds durably (or that a newer generation superseded)."""
+        index = self._disks.get(disk_id)
+        if index is None or index.remove((gen, seq)) is None:
+            return
+        await self._run(self.path(disk_id, gen, seq).unlink, True)
+
+    async def _run(self, fn: Callable[..., object], *args: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

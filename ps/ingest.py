@@ -1,0 +1,132 @@
+"""The PS data app (HTTPS 9443): agents PUT change batches; nothing is cached on any error.
+
+Order of checks for a PUT: certificate and role (middleware + agent role) -> the disk is served
+here and belongs to the caller's machine (404 / 403) -> generation not stale (409) -> body size
+(413) -> full batch validation and header == URL (400) -> durable store (409 checksum mismatch,
+507 cache full) -> 201 (200 for an idempotent re-send).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from common import errors
+from common import logging as dlog
+from common.config import PSConfig
+from common.http import make_app, read_body, require_role
+from common.tls import Identity
+from common.wire import batch as wbatch
+from ps.cache import BatchCache
+from ps.state import DiskSettings, Registry
+
+log = dlog.get("drlab.ps.ingest")
+
+U64_MAX = (1 << 64) - 1
+
+
+@dataclass
+class IngestContext:
+    cfg: PSConfig
+    registry: Registry
+    cache: BatchCache
+    executor: Executor | None
+    on_stored: Callable[[str], None]
+    refresh_settings: Callable[[], Awaitable[None]] | None = None
+
+
+CONTEXT: web.AppKey[IngestContext] = web.AppKey("ps_ingest", IngestContext)
+
+
+def build_app(ctx: IngestContext) -> web.Application:
+    app = make_app(revoked=ctx.registry.is_revoked, client_max_size=ctx.cfg.max_batch_bytes)
+    app[CONTEXT] = ctx
+    app.router.add_put("/v1/disks/{disk_id}/batches/{gen}/{seq}", put_batch)
+    app.router.add_get("/v1/disks/{disk_id}/status", get_status)
+    return app
+
+
+def parse_disk_id(text: str) -> str:
+    if len(text) != 32 or text != text.lower():
+        raise errors.NotFound(f"no disk {text[:64]!r}")
+    try:
+        bytes.fromhex(text)
+    except ValueError as exc:
+        raise errors.NotFound(f"no disk {text[:64]!r}") from exc
+    return text
+
+
+def parse_u64(text: str, what: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= U64_MAX:
+        raise errors.BadRequest(f"{what} must be an integer in [1, 2^64)")
+    return int(text)
+
+
+async def served_disk(ctx: IngestContext, disk_id: str, ident: Identity) -> DiskSettings:
+    """The disk's settings if it is served here and the caller may use it. An unknown disk may
+    be one the CS just assigned: the settings are fetched once more (rate-limited) before 404."""
+    disk = ctx.registry.disks.get(disk_id)
+    if disk is None and ctx.refresh_settings is not None:
+        await ctx.refresh_settings()
+        disk = ctx.registry.disks.get(disk_id)
+    if disk is None:
+        raise errors.NotFound(f"disk {disk_id} is not served by this process server")
+    if ident.role != "admin" and disk.machine_id != ident.component_id:
+        raise errors.Forbidden(f"disk {disk_id} is not assigned to the caller")
+    return disk
+
+
+def validate(body: bytes, disk: DiskSettings, gen: int, seq: int, max_bytes: int) -> None:
+    """Full check of the batch and of its identity against the URL (CPU: worker thread)."""
+    batch = wbatch.decode(body, disk_size=disk.size_bytes, max_bytes=max_bytes)
+    if (batch.disk_id, batch.generation, batch.seq) != (disk.disk_id_bytes, gen, seq):
+        raise errors.MalformedBatch("batch header (disk, generation, seq) differs from the URL")
+
+
+def ack(ctx: IngestContext, disk_id: str, gen: int, seq: int) -> dict[str, int]:
+    received, applied = ctx.registry.progress_of(disk_id).mt_of(gen)
+    return {"ps_durable": seq, "mt_received": received, "mt_applied": applied}
+
+
+async def put_batch(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ident = require_role(request, "agent")
+    disk_id = parse_disk_id(request.match_info["disk_id"])
+    gen = parse_u64(request.match_info["gen"], "generation")
+    seq = parse_u64(request.match_info["seq"], "seq")
+    disk = await served_disk(ctx, disk_id, ident)
+    current = ctx.registry.generation(disk_id)
+    if gen < current:
+        raise errors.StaleGeneration(f"generation {gen} is older than the disk's generation {current}")
+    body = await read_body(request, ctx.cfg.max_batch_bytes)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(ctx.executor, validate, body, disk, gen, seq, ctx.cfg.max_batch_bytes)
+    created = await ctx.cache.store(disk_id, gen, seq, body)
+    ctx.registry.progress_of(disk_id).stored(gen, seq)
+    if created:
+        log.debug("batch_cached", disk=disk_id, gen=gen, seq=seq, bytes=len(body))
+        ctx.on_stored(disk_id)
+    return web.json_response(ack(ctx, disk_id, gen, seq), status=201 if created else 200)
+
+
+def status_of(ctx: IngestContext, disk_id: str) -> dict[str, Any]:
+    progress = ctx.registry.progress_of(disk_id)
+    gen = ctx.registry.generation(disk_id)
+    received, applied = progress.mt_of(gen)
+    batches, nbytes = ctx.cache.backlog(disk_id)
+    return {"generation": gen, "ps_durable": progress.ps_durable if progress.ps_gen == gen else 0,
+            "mt_received": received, "mt_applied": applied, "backlog_batches": batches,
+            "backlog_bytes": nbytes}
+
+
+async def get_status(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ident = require_role(request, "agent", "admin")
+    disk_id = parse_disk_id(request.match_info["disk_id"])
+    await served_disk(ctx, disk_id, ident)
+    return web.json_response(status_of(ctx, disk_id))

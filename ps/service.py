@@ -1,0 +1,167 @@
+"""The process server as one object: data socket, cache, upload pipelines, control plane.
+
+``start()`` binds the data socket first (port 0 allowed), registers with the CS reporting the
+bound port, loads the cache, serves, then follows its settings. ``stop()`` does not drain: it
+stops serving, cancels the pipelines and leaves the cache on disk for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from common import component, errors, tls
+from common import logging as dlog
+from common.config import PSConfig
+from common.http import ApiClient
+from ps.cache import BatchCache
+from ps.ingest import IngestContext, build_app
+from ps.state import Registry
+from ps.uploader import POLL_INTERVAL_S, Clients, SealerBook, Uploaders
+
+log = dlog.get("drlab.ps")
+
+REFRESH_MIN_INTERVAL_S = 1.0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(256)
+    sock.setblocking(False)
+    return sock
+
+
+class PSService:
+    def __init__(self, cfg: PSConfig, *, poll_interval_s: float = POLL_INTERVAL_S) -> None:
+        self.cfg = cfg
+        self.data_port = 0
+        self.component_id = ""
+        self.registry = Registry()
+        self._poll_s = poll_interval_s
+        self._executor: ThreadPoolExecutor | None = None
+        self.cache: BatchCache | None = None
+        self.uploaders: Uploaders | None = None
+        self._clients: Clients | None = None
+        self._runner: web.AppRunner | None = None
+        self._control: component.ControlPlane | None = None
+        self._sock: socket.socket | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._last_refresh = 0.0
+
+    def __repr__(self) -> str:
+        return f"PSService(id={self.component_id or '?'}, port={self.data_port})"
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self._sock = bind_socket(cfg.listen_host, cfg.data_port)
+        self.data_port = int(self._sock.getsockname()[1])
+        try:
+            files = await component.ensure_identity(cfg, "ps", {"data": self.data_port})
+        except BaseException:
+            self._sock.close()
+            self._sock = None
+            raise
+        self.component_id = str(files.read_meta()["component_id"])
+        self._executor = ThreadPoolExecutor(max(1, cfg.upload_threads), thread_name_prefix="ps-work")
+        self.cache = BatchCache(cfg.data_dir / "cache", cfg.cache_max_bytes, self._executor)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.cache.load)
+        self._rebuild_progress(self.cache)
+        self._clients = Clients(lambda url: ApiClient(url, tls.client_context(files),
+                                                      timeout_s=cfg.request_timeout_s, limit=64))
+        self.uploaders = Uploaders(self.registry, self.cache, SealerBook(bytes.fromhex(self.component_id)),
+                                   self._clients, self._executor, window=cfg.upload_window_batches,
+                                   max_backoff_s=cfg.retry_max_backoff_s, poll_interval_s=self._poll_s)
+        await self._serve(files, IngestContext(cfg, self.registry, self.cache, self._executor,
+                                               self.uploaders.notify, self._refresh_for_unknown_disk))
+        self._control = component.ControlPlane(cfg, files, on_settings=self._on_settings, metrics=self.metrics)
+        self._control.start()
+        log.info("ps_started", component_id=self.component_id, port=self.data_port,
+                 cached_batches=self.cache.total_batches)
+
+    async def _serve(self, files: tls.IdentityFiles, ctx: IngestContext) -> None:
+        self._runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        assert self._sock is not None
+        site = web.SockSite(self._runner, self._sock, ssl_context=tls.server_context(files))
+        await site.start()
+
+    def _rebuild_progress(self, cache: BatchCache) -> None:
+        for disk_id in cache.disks():
+            progress = self.registry.progress_of(disk_id)
+            for entry in cache.pending(disk_id):
+                progress.stored(entry.gen, entry.seq)
+
+    async def _on_settings(self, document: dict[str, Any]) -> None:
+        if not isinstance(document, dict):
+            log.error("settings_document_ignored", kind=type(document).__name__)
+            return
+        changed = self.registry.apply_document(document)
+        if changed:
+            log.info("settings_applied", disks=len(self.registry.disks), changed=sorted(changed))
+        if self.uploaders is not None:
+            await self.uploaders.sync()
+
+    async def wait_settings(self, timeout_s: float = 10.0) -> None:
+        """Wait for the first settings document (tests and the lab use it)."""
+        assert self._control is not None
+        async with asyncio.timeout(timeout_s):
+            await self._control.first_settings.wait()
+
+    async def refresh_settings(self) -> bool:
+        """Fetch the settings document now (without waiting); True if it changed."""
+        assert self._control is not None
+        return await self._control.poll_once(0)
+
+    async def _refresh_for_unknown_disk(self) -> None:
+        """Fetch settings now, at most once per REFRESH_MIN_INTERVAL_S (agents may be told about a
+        disk before this PS's long-poll returns)."""
+        async with self._refresh_lock:
+            if self._control is None or time.monotonic() - self._last_refresh < REFRESH_MIN_INTERVAL_S:
+                return
+            self._last_refresh = time.monotonic()
+            try:
+                await self._control.poll_once(0)
+            except errors.DrlabError as exc:
+                log.info("settings_refresh_failed", error=exc.message)
+
+    def metrics(self) -> dict[str, Any]:
+        cache = self.cache
+        disks: dict[str, Any] = {}
+        for disk_id in sorted(set(self.registry.disks) | set(cache.disks() if cache else [])):
+            batches, nbytes = cache.backlog(disk_id) if cache else (0, 0)
+            p = self.registry.progress_of(disk_id)
+            disks[disk_id] = {"backlog_batches": batches, "backlog_bytes": nbytes, "ps_durable": p.ps_durable,
+                              "mt_received": p.mt_received, "mt_applied": p.mt_applied,
+                              "uploaded_bytes": p.uploaded_bytes, "uploaded_batches": p.uploaded_batches}
+        used = cache.used_bytes if cache else 0
+        return {"cache_used_bytes": used, "cache_max_bytes": self.cfg.cache_max_bytes,
+                "cache_free_pct": round(100.0 * cache.free_fraction, 2) if cache else 100.0,
+                "uploaded_bytes": sum(d["uploaded_bytes"] for d in disks.values()), "disks": disks}
+
+    async def stop(self) -> None:
+        """Stop serving and uploading at once (no draining); the cache stays on disk."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.uploaders is not None:
+            await self.uploaders.stop()
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
+        if self._clients is not None:
+            await self._clients.close()
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        log.info("ps_stopped", component_id=self.component_id)

@@ -1,0 +1,127 @@
+"""The agent with the real PSService and MTService (a stand-in CS hands out the settings):
+initial replication, writes through the socket, and the MT's replica equal to the source."""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentfakes import BlockClient, FakeCS, issue, wait_until
+
+from agent.service import AgentService
+from common.config import AgentConfig, DiskConfig, MTConfig, PSConfig
+from common.wire import blockio as bio
+
+ps_service = pytest.importorskip("ps.service")
+mt_service = pytest.importorskip("mt.service")
+
+SIZE = 4 << 20
+MACHINE, PS_ID, MT_ID = "a3" * 16, "b3" * 16, "c3" * 16
+FAST: dict[str, Any] = dict(heartbeat_interval_s=0.5, settings_wait_s=0.5,
+                            request_timeout_s=5.0, retry_max_backoff_s=0.2)
+
+
+@dataclass
+class Site:
+    cs: FakeCS
+    ps: Any
+    mt: Any
+    agent: AgentService
+    cfg: AgentConfig
+
+    def protect(self, gen: int = 1) -> None:
+        disk_id, key = self.cs.disks["disk0"], base64.b64encode(bytes(range(32))).decode()
+        mt_url, mt_ctl = f"https://127.0.0.1:{self.mt.data_port}", f"https://127.0.0.1:{self.mt.control_port}"
+        common = {"disk_id": disk_id, "generation": gen, "size_bytes": SIZE, "key_epoch": 1, "key_b64": key}
+        self.cs.role_docs = {
+            "ps": {"disks": [{**common, "machine_id": MACHINE, "mt_url": mt_url, "mt_control_url": mt_ctl}]},
+            "mt": {"disks": [{**common, "ps_id": PS_ID}], "jobs": []}}
+        self.cs.generations[disk_id] = gen
+        self.cs.protect(f"https://127.0.0.1:{self.ps.data_port}", {"disk0": SIZE})
+
+    def replica(self) -> bytes:
+        return (self.mt.cfg.data_dir / "replicas" / f"{self.cs.disks['disk0']}.img").read_bytes()
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    cs = FakeCS()
+    cs_url = await cs.start(issue(tmp_path / "cs", "c5" * 16, "cs"))
+    for name, cid, role in [("ps", PS_ID, "ps"), ("mt", MT_ID, "mt"), ("agent", MACHINE, "agent")]:
+        issue(tmp_path / name / "identity", cid, role)
+    mt = mt_service.MTService(MTConfig(data_dir=tmp_path / "mt", cs_url=cs_url, data_port=0, control_port=0, **FAST))
+    await mt.start()
+    ps = ps_service.PSService(PSConfig(data_dir=tmp_path / "ps", cs_url=cs_url, data_port=0, **FAST),
+                              poll_interval_s=0.1)
+    await ps.start()
+    source = bytearray(SIZE)
+    rng = random.Random(11)
+    for _ in range(10):
+        off = rng.randrange(SIZE - 65536)
+        source[off:off + 65536] = os.urandom(65536)
+    (tmp_path / "disk0.img").write_bytes(bytes(source))
+    cfg = AgentConfig(data_dir=tmp_path / "agent", cs_url=cs_url, socket_path=tmp_path / "agent.sock",
+                      disks=[DiskConfig("disk0", tmp_path / "disk0.img", SIZE)], batch_max_ms=20,
+                      batch_max_bytes=512 << 10, resync_chunk_bytes=128 << 10, **FAST)
+    agent = AgentService(cfg)
+    await agent.start()
+    the_site = Site(cs, ps, mt, agent, cfg)
+    try:
+        yield the_site
+    finally:
+        await the_site.agent.stop()
+        await ps.stop()
+        await mt.stop()
+        await cs.stop()
+
+
+async def test_replica_equals_the_source_after_replication_and_writes(site: Site) -> None:
+    s = site
+    site.protect()
+    client = await BlockClient.connect(s.cfg.socket_path)
+    rng = random.Random(5)
+    for wnum in range(1, 301):  # during and after the initial replication
+        off = rng.randrange(SIZE - 9000)
+        resp, _ = await client.write(0, wnum, off, rng.randbytes(rng.randrange(1, 9000)))
+        assert resp.status == bio.Status.OK
+    await wait_until(lambda: s.agent.disk_status("disk0")["state"] == "protected", 30, "protected")
+    await client.close()
+    last = s.agent.disk_status("disk0")["next_seq"] - 1
+    await wait_until(lambda: s.agent.disk_status("disk0")["acked_seq"] >= last, 20, "all batches at the PS")
+    assert s.agent.disk_status("disk0")["generation"] == 1
+    await wait_until(lambda: s.replica() == s.cfg.disks[0].path.read_bytes(), 30, "replica equal to the source")
+    states = s.cs.states(s.cs.disks["disk0"])
+    assert states[0] == "initial-replication" and states[-1] == "protected"
+
+
+async def write_random(path: Path, first: int, count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    client = await BlockClient.connect(path)
+    for wnum in range(first, first + count):
+        resp, _ = await client.write(0, wnum, rng.randrange(SIZE - 4096), rng.randbytes(4096))
+        assert resp.status == bio.Status.OK
+    await client.close()
+
+
+async def test_unclean_restart_replicates_again_under_generation_2(site: Site) -> None:
+    s = site
+    s.protect()
+    await write_random(s.cfg.socket_path, 1, 50, 1)
+    await wait_until(lambda: s.agent.disk_status("disk0")["state"] == "protected", 30, "protected")
+    crashed = s.agent.store.path.read_bytes()  # as a kill -9 leaves it: clean_shutdown false
+    await s.agent.stop()
+    s.agent.store.path.write_bytes(crashed)
+    s.agent = AgentService(s.cfg)
+    await s.agent.start()
+    assert s.cs.resyncs == [(s.cs.disks["disk0"], "unclean-shutdown")]
+    await write_random(s.cfg.socket_path, 100, 50, 2)
+    await wait_until(lambda: s.agent.disk_status("disk0")["state"] == "protected"
+                     and s.agent.disk_status("disk0")["generation"] == 2, 30, "protected under generation 2")
+    await write_random(s.cfg.socket_path, 200, 20, 3)
+    await wait_until(lambda: s.replica() == s.cfg.disks[0].path.read_bytes(), 30, "replica equal to the source")
