@@ -27,9 +27,8 @@ def _lab(args: argparse.Namespace) -> Any:
 
 
 def cmd_cs_init(args: argparse.Namespace) -> int:
-    from cs.init import init_cs
-
     from common.config import CSConfig
+    from cs.init import init_cs
 
     cfg = CSConfig(data_dir=Path(args.data_dir), listen_host=args.address, port=args.port)
     passphrase = asyncio.run(init_cs(cfg, hosts=[args.address]))
