@@ -61,6 +61,7 @@ async def run(params: DemoParams) -> int:
             say(f"workload: {params.duration_s:.0f} s at {params.rate_mb_s:.0f} MB/s through the agent")
             proc = sc.start_workload(params.rate_mb_s, params.duration_s)
             facts["stats"] = await asyncio.to_thread(sc.finish_workload, proc, params.duration_s + 120)
+            await sc.wait_drained()
             checks.append(await sc.failover_and_verify(admin, "latest", "latest"))
             for i, t in enumerate(sc.spread_times(3)):
                 checks.append(await sc.failover_and_verify(admin, {"time_ns": t}, f"T{i + 1}"))

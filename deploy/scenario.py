@@ -112,6 +112,19 @@ class Scenario:
             check.ok, check.detail = False, f"latest lacks acknowledged writes {wnum_hi + 1}..{self.last_wnum()}"
         return check
 
+    async def wait_drained(self, timeout_s: float = 60.0) -> None:
+        """Until the MT holds every acknowledged write (the workload has stopped): the batches
+        still in flight at the agent or the PS when it stopped must land before "latest" has them."""
+        target = self.last_wnum()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pts = await self.points()
+            if pts and max(int(p["wnum_hi"]) for p in pts) >= target:
+                return
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(f"writes up to {target} did not reach the MT within {timeout_s:.0f} s")
+            await asyncio.sleep(0.1)
+
     async def points(self) -> list[dict[str, Any]]:
         mt = self.lab.topology.mts[0]
         client = ApiClient(f"https://{mt.address}:{mt.ports['control']}", tls.client_context(self.lab.admin_files))

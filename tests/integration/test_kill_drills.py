@@ -43,6 +43,7 @@ async def test_ps_kill_9_during_workload_loses_no_acknowledged_write(lab: Lab) -
         lab.start_node(ps)
         stats = await asyncio.to_thread(sc.finish_workload, proc, 120)
         assert stats["writes"] > 0
+        await sc.wait_drained()
         check = await sc.failover_and_verify(admin, "latest", "latest")
         assert check.ok, check.detail
         assert int(check.result["point"]["wnum_hi"]) >= sc.last_wnum()
@@ -73,6 +74,7 @@ async def test_mt_killed_mid_apply_keeps_every_earlier_point(lab: Lab) -> None:
         await asyncio.to_thread(sc.finish_workload, proc, 120)
         checks = [await sc.failover_and_verify(admin, {"time_ns": t}, f"T{i}")
                   for i, t in enumerate(sc.spread_times(4))]
+        await sc.wait_drained()
         checks.append(await sc.failover_and_verify(admin, "latest", "latest"))
         bad = [(c.label, c.detail) for c in checks if not c.ok]
         assert not bad, bad
