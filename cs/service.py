@@ -15,6 +15,7 @@ from aiohttp import web
 from common import errors, tls
 from common import logging as dlog
 from common.config import CSConfig
+from common.daemon import bind_socket as bind
 from cs.app import build_app
 from cs.ca import CA, Layout
 from cs.db import meta
@@ -28,19 +29,6 @@ PRIVILEGED_PORT = 443
 KEEPALIVE_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 5.0
 
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(512)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def bind_with_fallback(cfg: CSConfig) -> socket.socket:

@@ -18,6 +18,7 @@ from aiohttp import web
 from common import component, tls
 from common import logging as dlog
 from common.config import MTConfig
+from common.daemon import bind_socket
 from common.http import ApiClient
 from mt import metrics
 from mt.apply import DiskStore
@@ -29,15 +30,6 @@ from mt.worker import DiskWorker
 
 log = dlog.get("drlab.mt")
 
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(256)
-    sock.setblocking(False)
-    return sock
 
 
 class MTService:

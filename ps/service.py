@@ -18,6 +18,7 @@ from aiohttp import web
 from common import component, errors, tls
 from common import logging as dlog
 from common.config import PSConfig
+from common.daemon import bind_socket
 from common.http import ApiClient
 from ps.cache import BatchCache
 from ps.ingest import IngestContext, build_app
@@ -28,15 +29,6 @@ log = dlog.get("drlab.ps")
 
 REFRESH_MIN_INTERVAL_S = 1.0
 
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(256)
-    sock.setblocking(False)
-    return sock
 
 
 class PSService:

@@ -4,11 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ps.__main__ import main, parse_args
+from common.daemon import parse_args
+from ps.__main__ import main
 
 
 def test_args() -> None:
-    args = parse_args(["--config", "ps.toml", "--set", "data_port=0", "--set", "upload_threads=3"])
+    argv = ["--config", "ps.toml", "--set", "data_port=0", "--set", "upload_threads=3"]
+    args = parse_args("ps", "drlab process server", argv)
     assert args.config == Path("ps.toml") and args.overrides == ["data_port=0", "upload_threads=3"]
 
 
