@@ -1,4 +1,5 @@
-"""The agent's data path: tracker -> batcher -> per-disk uploaders, with back-pressure.
+"""The agent's data path: activity log -> tracker (data / metadata / bitmap) -> batcher ->
+per-disk uploaders, with the PS-loss and tracking-mode decisions.
 
 :class:`Replicator` owns one :class:`Pipeline` per protected disk (one generation each) and
 the machine-wide tracker, batcher and batch clock. It decides nothing about the control plane:
@@ -10,16 +11,21 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from agent.actlog import ActivityLog
 from agent.backlog import Backlog
-from agent.batcher import BatchClock, Batcher, DiskStream
+from agent.batcher import BatchClock, Batcher, DiskStream, Stamped
 from agent.disk import DiskImage
+from agent.modes import Measure, ModePolicy, next_mode
+from agent.psloss import LossDetector
 from agent.resync import ResyncJob
 from agent.tasks import cancel_and_wait
-from agent.tracker import Tracker
+from agent.tracker import Tracker, TrackMode
 from agent.uploader import DiskUploader
+from common import errors
 from common import logging as dlog
 from common.config import AgentConfig
 from common.http import ApiClient
@@ -39,6 +45,11 @@ class Pipeline:
     resync: ResyncJob | None = None
     resync_task: asyncio.Task[None] | None = None
     protected: bool = False
+    loss: LossDetector = field(default_factory=LossDetector)
+    protected_noted: bool = False  # the service persisted the end of the copy
+    mode: str = "data"  # the tracker's mode for this disk
+    mode_changes: int = 0
+    batches_by_mode: dict[str, int] = field(default_factory=dict)
 
     @property
     def generation(self) -> int:
@@ -73,26 +84,46 @@ class Pipeline:
                 "mt_applied": self.uploader.mt_applied, "resync_done_seq": self.stream.resync_done_seq,
                 "unacked_bytes": self.uploader.unacked_bytes, "send_failures": self.uploader.failures,
                 "bytes_done": self.resync.bytes_done if self.resync else 0,
-                "bytes_total": self.resync.bytes_total if self.resync else 0}
+                "bytes_total": self.resync.bytes_total if self.resync else 0,
+                **self.tracking_status()}
+
+    def tracking_status(self) -> dict[str, Any]:
+        return {"mode": self.mode, "mode_changes": self.mode_changes, "batches_by_mode": dict(self.batches_by_mode),
+                "throttles": self.uploader.throttles}
 
 
 class Replicator:
-    def __init__(self, cfg: AgentConfig, disks: list[DiskImage], ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, cfg: AgentConfig, disks: list[DiskImage], ssl_context: ssl.SSLContext,
+                 actlog: ActivityLog | None = None, on_ps_lost: Callable[[int], None] | None = None,
+                 on_protected: Callable[[int], None] | None = None) -> None:
         self.cfg = cfg
         self.disks = disks
         self._ssl = ssl_context
-        self.tracker = Tracker()
-        self.batcher = Batcher(self.tracker, cfg.batch_max_bytes)
+        self.actlog = actlog
+        self._on_ps_lost = on_ps_lost
+        self._on_protected = on_protected
+        self.tracker = Tracker(block_bytes=cfg.bitmap_block_bytes)
+        self.batcher = Batcher(self.tracker, cfg.batch_max_bytes, reader=lambda i: self.disks[i].pread)
+        self.policy = ModePolicy(memory_bytes=cfg.backlog_max_bytes, metadata_max_bytes=cfg.metadata_max_bytes)
         self.backlog = Backlog(cfg.backlog_max_bytes, self._backlog_bytes)
-        self.clock = BatchClock(self.batcher, cfg.batch_max_ms / 1000.0, self._emit)
+        self.clock = BatchClock(cfg.batch_max_ms / 1000.0, self.tick)
         self.pipelines: dict[int, Pipeline] = {}
         self._clients: dict[str, ApiClient] = {}
+        self._write_lock = asyncio.Lock()
+        # disks replicated since they were opened, between pipelines too: their writes are logged
+        # in the activity log even while no pipeline tracks them (a generation switch)
+        self.protected: set[int] = set()
+        self._watch_task: asyncio.Task[None] | None = None
+        self.mode_changes: list[tuple[str, str, str, str]] = []  # (disk, from, to, why), recent first out
 
     def start(self) -> None:
         self.clock.start()
+        self._watch_task = asyncio.create_task(self._watch(), name="replication-watch")
 
     async def stop(self) -> None:
         await self.clock.stop()
+        await cancel_and_wait([self._watch_task])
+        self._watch_task = None
         for index in list(self.pipelines):
             await self.close(index)
         for client in self._clients.values():
@@ -102,22 +133,110 @@ class Replicator:
     # ------------------------------------------------------------ write path
 
     async def write(self, index: int, wnum: int, offset: int, data: bytes) -> None:
-        """Apply a client write to the source image and track it (after back-pressure room)."""
+        """Apply a client write to the source image and track it. Writes never wait for the
+        network: under pressure the tracker degrades instead (agent/modes.py). A write to a cold
+        extent waits until the activity log marking it hot is durable."""
         disk = self.disks[index]
         disk.check(offset, len(data))
         self.tracker.check_wnum(wnum)
-        await self.backlog.wait_room()
-        self.tracker.check_wnum(wnum)  # another writer may have gone first while we waited
-        disk.pwrite(offset, data)
+        async with self._write_lock:
+            self.tracker.check_wnum(wnum)  # another writer may have gone first while we waited
+            await self._apply(index, wnum, offset, data)
+        self._after_write(index)
+
+    async def write_next(self, index: int, offset: int, data: bytes) -> int:
+        """A write whose number the agent assigns (block clients that keep no write log, e.g. NBD)."""
+        self.disks[index].check(offset, len(data))
+        async with self._write_lock:
+            wnum = self.tracker.last_wnum + 1
+            await self._apply(index, wnum, offset, data)
+        self._after_write(index)
+        return wnum
+
+    async def _apply(self, index: int, wnum: int, offset: int, data: bytes) -> None:
+        """Activity log (durable if the extent was cold) -> the disk -> the tracker (under the lock)."""
+        if self.actlog is not None and index in self.protected and self.actlog.mark(index, offset, len(data)):
+            await self.actlog.ensure()
+        self.disks[index].pwrite(offset, data)
         self.tracker.record_write(index, wnum, offset, data, time.time_ns())
-        self.clock.cut_if_full()
+
+    def _after_write(self, index: int) -> None:
+        if not self.tracker.watching(index):
+            return
+        self._update_mode(index)
+        mode = self.tracker.mode(index)
+        if self.batcher.size_due():
+            self.cut_now()
+        elif mode is TrackMode.METADATA and self.tracker.pending_bytes(index) >= self.cfg.batch_max_bytes \
+                and self.has_room():
+            self.cut_now()
+
+    # ------------------------------------------------------------ cutting
+
+    def has_room(self) -> bool:
+        """Whether reading regions back (metadata, bitmap) keeps the machine under its bound."""
+        return self._backlog_bytes() < self.cfg.backlog_max_bytes
+
+    def tick(self) -> None:
+        """The batch clock: re-evaluate modes, then cut if there is room or data is held (a cut at
+        one machine-wide boundary takes every disk: metadata regions are read back then too, so
+        the memory bound can be overshot by at most one cut's worth of them)."""
+        for index in list(self.pipelines):
+            if self.tracker.watching(index):
+                self._update_mode(index)
+        if self.has_room() or self.tracker.total_bytes() > 0:
+            self.cut_now()  # held data costs nothing more once cut; reading regions back needs room
+
+    def cut_now(self) -> int:
+        """Cut every disk now (at one machine-wide boundary); the number of batches cut."""
+        stamped = self.batcher.cut_all_stamped(time.time_ns())
+        for item in stamped:
+            self._emit(item)
+        return len(stamped)
+
+    def _emit(self, item: Stamped) -> None:
+        batch = item.batch
+        index = self._index_of(batch.disk_id)
+        pipe = self.pipelines[index]
+        done = bool(batch.flags & wb.Flags.RESYNC_DONE)
+        if self.actlog is not None:
+            self.actlog.note_cut(index, batch.seq, item.extents, done)
+        pipe.uploader.submit(batch.seq, wb.encode(batch))
+        pipe.batches_by_mode[wb.Mode(batch.mode).name] = pipe.batches_by_mode.get(wb.Mode(batch.mode).name, 0) + 1
+        if done:
+            log.info("resync_done_batch", disk=pipe.disk_id, gen=batch.generation, seq=batch.seq,
+                     mode=wb.Mode(batch.mode).name)
+        if self.tracker.watching(index):
+            self._update_mode(index)
+
+    def _update_mode(self, index: int) -> None:
+        pipe = self.pipelines.get(index)
+        if pipe is None:
+            return
+        mode = self.tracker.mode(index)
+        since = time.monotonic() - pipe.uploader.throttled_at
+        measure = Measure(mode=mode, held_bytes=self._backlog_bytes(),
+                          metadata_bytes=self.tracker.pending_bytes(index) - self.tracker.held_bytes(index),
+                          bitmap_bytes=self.tracker.bitmap_dirty_bytes(index), since_throttle_s=since)
+        new, why = next_mode(self.policy, measure)
+        if new is mode:
+            return
+        self.tracker.set_mode(index, new)
+        pipe.mode = new.value
+        pipe.mode_changes += 1
+        self.mode_changes.append((pipe.disk_id, mode.value, new.value, why))
+        del self.mode_changes[:-64]
+        log.info("tracking_mode_changed", disk=pipe.disk_id, gen=pipe.generation, old=mode.value, new=new.value,
+                 reason=why, held_bytes=measure.held_bytes)
 
     # ------------------------------------------------------------ pipelines
 
     def open(self, index: int, *, disk_id: str, generation: int, ps_url: str, next_seq: int = 1,
-             resync_from: int | None = 0, skip_zero: bool = False, resync_done_seq: int = 0) -> Pipeline:
+             resync_from: int | None = 0, skip_zero: bool = False, resync_done_seq: int = 0,
+             resync_extents: list[tuple[int, int]] | None = None, reason: str = "initial") -> Pipeline:
         """Start replicating disk ``index`` under ``generation``. ``resync_from`` is the offset to
-        copy from (None: no copy needed, the stream is in data mode)."""
+        copy from (None: no copy needed, the stream is in data mode); ``resync_extents`` limits
+        the copy to those regions (None: the whole disk)."""
         if index in self.pipelines:
             raise RuntimeError(f"disk {index} already has a pipeline")
         disk = self.disks[index]
@@ -130,16 +249,25 @@ class Replicator:
                                 on_stale=lambda: self._stale(index))
         pipe = Pipeline(index=index, name=disk.name, disk_id=disk_id, ps_url=ps_url, stream=stream, uploader=uploader)
         self.pipelines[index] = pipe
-        self.batcher.open(stream)
+        self.protected.add(index)
+        self.batcher.open(stream, disk.size_bytes)
+        if self.actlog is not None and resync_from is not None:
+            self.actlog.pin_all(index)
         uploader.start()
         if resync_from is not None:
             pipe.resync = ResyncJob(disk, index, self.tracker, self.backlog, chunk_bytes=self.cfg.resync_chunk_bytes,
-                                    skip_zero=skip_zero, on_chunk=self.clock.cut_if_full)
+                                    skip_zero=skip_zero, on_chunk=self._on_chunk, extents=resync_extents,
+                                    reason=reason)
             pipe.resync.bytes_done = resync_from
             pipe.resync_task = asyncio.create_task(pipe.resync.run(), name=f"resync-{disk.name}")
         log.info("pipeline_opened", disk=disk_id, name=disk.name, gen=generation, seq=next_seq,
-                 resync_from=resync_from, skip_zero=skip_zero)
+                 resync_from=resync_from, skip_zero=skip_zero, reason=reason,
+                 resync_bytes=None if resync_extents is None else sum(n for _, n in resync_extents))
         return pipe
+
+    def _on_chunk(self) -> None:
+        if self.batcher.size_due():
+            self.cut_now()
 
     async def close(self, index: int) -> Pipeline | None:
         pipe = self.pipelines.pop(index, None)
@@ -153,18 +281,59 @@ class Replicator:
                  acked_seq=pipe.uploader.acked_seq)
         return pipe
 
+    async def unprotect(self, index: int) -> None:
+        """Protection removed: close the pipeline and forget the disk's hot extents."""
+        await self.close(index)
+        self.protected.discard(index)
+        if self.actlog is not None:
+            self.actlog.forget(index)
+
     async def stop_resyncs(self) -> None:
         """Stop copying (a clean stop): what was recorded is cut and sent by :meth:`drain`."""
         await cancel_and_wait([p.resync_task for p in self.pipelines.values()])
 
     async def drain(self, timeout_s: float) -> bool:
-        """Cut what is pending and wait until the PS has every batch durable."""
-        self.clock.cut_now()
+        """Cut what is pending and wait until the PS has every batch durable (a stream still
+        draining a bitmap is not drained: its dirty blocks stay hot in the activity log)."""
+        self.cut_now()
         deadline = time.monotonic() + timeout_s
-        ok = True
+        ok = not any(p.stream.bitmap for p in self.pipelines.values())
         for pipe in self.pipelines.values():
             ok = await pipe.uploader.drain(max(0.0, deadline - time.monotonic())) and ok
         return ok
+
+    # ------------------------------------------------------------ watch: progress, cooling, PS loss
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.watch_interval_s)
+            for pipe in list(self.pipelines.values()):
+                await self._watch_pipe(pipe)
+            if self.actlog is not None and self.actlog.dirty:
+                await self.actlog.flush()
+
+    async def _watch_pipe(self, pipe: Pipeline) -> None:
+        if pipe.uploader.stale:
+            return
+        try:
+            body = await pipe.uploader.refresh_status()
+        except errors.DrlabError as exc:
+            log.debug("status_poll_failed", disk=pipe.disk_id, error=exc.message)
+            return
+        if pipe.protected and not pipe.protected_noted:  # latched by the progress reporter
+            pipe.protected_noted = True
+            if self._on_protected is not None:
+                self._on_protected(pipe.index)
+        if self.actlog is not None and self.tracker.watching(pipe.index):
+            self.actlog.cool(pipe.index, pipe.uploader.mt_applied,
+                             lambda off, n: self.tracker.busy(pipe.index, off, n))
+        if body is not None and pipe.loss.observe(body, pipe.uploader.acked_seq, time.monotonic()):
+            log.warning("ps_lost_batches", disk=pipe.disk_id, gen=pipe.generation, acked_seq=pipe.uploader.acked_seq,
+                        mt_received=body.get("mt_received"), held_from=body.get("held_from"))
+            if self._on_ps_lost is not None:
+                self._on_ps_lost(pipe.index)
+
+    # ------------------------------------------------------------ helpers
 
     def _client(self, ps_url: str) -> ApiClient:
         if ps_url not in self._clients:
@@ -176,14 +345,6 @@ class Replicator:
         """The PS refused our generation: stop tracking that disk until the settings restart it."""
         self.batcher.close(index)
         self.backlog.notify()
-
-    def _emit(self, batches: list[wb.ChangeBatch]) -> None:
-        for batch in batches:
-            index = self._index_of(batch.disk_id)
-            pipe = self.pipelines[index]
-            pipe.uploader.submit(batch.seq, wb.encode(batch))
-            if batch.flags & wb.Flags.RESYNC_DONE:
-                log.info("resync_done_batch", disk=pipe.disk_id, gen=batch.generation, seq=batch.seq)
 
     def _index_of(self, disk_id: bytes) -> int:
         for index, pipe in self.pipelines.items():

@@ -26,8 +26,8 @@ log = dlog.get("drlab.agent.resync")
 
 class ResyncJob:
     def __init__(self, disk: DiskImage, index: int, tracker: Tracker, backlog: Backlog, *, chunk_bytes: int,
-                 skip_zero: bool, on_chunk: Callable[[], None],
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 skip_zero: bool, on_chunk: Callable[[], None], extents: list[tuple[int, int]] | None = None,
+                 reason: str = "initial", clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.disk = disk
         self.index = index
         self.tracker = tracker
@@ -37,7 +37,10 @@ class ResyncJob:
         self._on_chunk = on_chunk
         self._clock_ns = clock_ns
         self._zero = bytes(self.chunk_bytes)
-        self.bytes_total = disk.size_bytes
+        self.reason = reason
+        # the regions to copy, in offset order (None: the whole disk); progress counts their bytes
+        self.extents = None if extents is None else sorted(extents)
+        self.bytes_total = disk.size_bytes if extents is None else sum(n for _, n in extents)
         self.bytes_done = 0
         self.bytes_sent = 0
         self.done = False
@@ -64,6 +67,9 @@ class ResyncJob:
 
     def step(self) -> None:
         """Read and record the next chunk (synchronously: the read and the record are atomic)."""
+        if self.extents is not None:
+            self._step_extents()
+            return
         offset = self.bytes_done
         if self.skip_zero:
             offset = self._skip_hole(offset)
@@ -76,6 +82,22 @@ class ResyncJob:
             self.tracker.record_resync(self.index, offset, data, self._clock_ns())
             self.bytes_sent += length
         self.bytes_done = offset + length
+
+    def _step_extents(self) -> None:
+        """The next chunk of the listed regions (``bytes_done`` counts bytes of the regions)."""
+        assert self.extents is not None
+        skip = self.bytes_done
+        for off, length in self.extents:
+            if skip >= length:
+                skip -= length
+                continue
+            n = min(self.chunk_bytes, length - skip)
+            data = self.disk.pread(off + skip, n)
+            self.tracker.record_resync(self.index, off + skip, data, self._clock_ns())
+            self.bytes_sent += n
+            self.bytes_done += n
+            return
+        self.bytes_done = self.bytes_total
 
     def _skip_hole(self, offset: int) -> int:
         nxt = self.disk.next_data(offset)

@@ -12,6 +12,8 @@ import asyncio
 import time
 from typing import Any
 
+from agent.actlog import FILE_NAME as ACTLOG_FILE
+from agent.actlog import PINNED, ActivityLog
 from agent.blockserver import BlockServer
 from agent.disk import DiskImage
 from agent.progress import ProgressReporter
@@ -41,6 +43,9 @@ class AgentService:
         self.blockserver: BlockServer | None = None
         self.progress: ProgressReporter | None = None
         self._settings_lock = asyncio.Lock()
+        self.actlog: ActivityLog | None = None
+        self._ps_lost_task: asyncio.Task[None] | None = None
+        self._settings_applied = asyncio.Event()
 
     @property
     def machine_id(self) -> str:
@@ -60,15 +65,23 @@ class AgentService:
         log.info("agent_starting", machine_id=self.control.component_id, disks=len(self.disks),
                  clean_shutdown=self.was_clean)
         await self._report_disks()
+        hot = self._open_actlog()
         if not self.was_clean:
-            await self._regenerate_unclean()
-        self.replicator = Replicator(self.cfg, self.disks, tls.client_context(self.files))
+            await self._regenerate_unclean(hot)
+        self._restore_hot(hot)
+        self.replicator = Replicator(self.cfg, self.disks, tls.client_context(self.files), actlog=self.actlog,
+                                     on_ps_lost=self._ps_lost, on_protected=self._protected)
+        self.replicator.protected = {i for i, d in enumerate(self.disks)
+                                     if (st := self.state.disks.get(d.name)) is not None and st.protected}
         self.replicator.start()
-        self.blockserver = BlockServer(self.cfg.socket_path, self.disks, self.replicator.write)
-        await self.blockserver.start()
         self.progress = ProgressReporter(self.control.cs, self.replicator, timeout_s=self.cfg.request_timeout_s)
         self.progress.start()
         self.control.start()
+        # serve writes only once the settings have reopened the pipelines: a write before that
+        # would reach the disk untracked
+        await self._settings_applied.wait()
+        self.blockserver = BlockServer(self.cfg.socket_path, self.disks, self.replicator.write)
+        await self.blockserver.start()
 
     async def stop(self) -> None:
         if self.blockserver is not None:
@@ -85,6 +98,9 @@ class AgentService:
             await self.replicator.stop()
         self.state.clean_shutdown = drained or not any(d.protected for d in self.state.disks.values())
         self.store.save(self.state)
+        if self.actlog is not None:
+            self.actlog.flush_sync()
+            self.actlog.close()
         for disk in self.disks:
             disk.close()
         log.info("agent_stopped", clean_shutdown=self.state.clean_shutdown)
@@ -127,13 +143,66 @@ class AgentService:
                 self.state.disks[name] = DiskState(disk_id=disk_id, name=name)
         self.store.save(self.state)
 
-    async def _regenerate_unclean(self) -> None:
-        """Batches of an unclean stop may be lost: replicate such disks again, under a new generation."""
-        for st in self.state.disks.values():
-            if st.protected:
-                gen = await self._request_resync(st, "unclean-shutdown")
-                self.state.disks[st.name] = DiskState(disk_id=st.disk_id, name=st.name, generation=gen)
+    def _open_actlog(self) -> dict[int, list[tuple[int, int]]] | None:
+        """Open the activity log; the hot extents it held per disk index (None: unreadable)."""
+        sizes = [(i, d.size_bytes) for i, d in enumerate(self.disks)]
+        self.actlog = ActivityLog(self.cfg.data_dir / ACTLOG_FILE, sizes, self.cfg.actlog_extent_bytes,
+                                  self.cfg.actlog_linger_s)
+        return self.actlog.open()
+
+    async def _regenerate_unclean(self, hot: dict[int, list[tuple[int, int]]] | None) -> None:
+        """Batches of an unclean stop may be lost: replicate such disks again, under a new
+        generation — only the activity log's hot extents when the disk was past its initial
+        copy and the log is readable, else the whole disk."""
+        for index, disk in enumerate(self.disks):
+            st = self.state.disks.get(disk.name)
+            if st is None or not st.protected:
+                continue
+            partial = hot is not None and (st.resync_done_seq > 0 or st.copy_partial)
+            gen = await self._request_resync(st, "unclean-shutdown")
+            self.state.disks[st.name] = DiskState(disk_id=st.disk_id, name=st.name, generation=gen,
+                                                  next_resync_partial=partial)
+            log.info("unclean_restart_resync", disk=st.disk_id, name=st.name, gen=gen, partial=partial,
+                     hot_bytes=sum(n for _, n in (hot or {}).get(index, [])) if partial else disk.size_bytes)
         self.store.save(self.state)
+
+    def _restore_hot(self, hot: dict[int, list[tuple[int, int]]] | None) -> None:
+        """Carry the previous run's hot extents over: pinned until a resync completes, or (a
+        clean restart in the same generation) until the MT applied what was sent before."""
+        assert self.actlog is not None
+        for index, disk in enumerate(self.disks):
+            st = self.state.disks.get(disk.name)
+            extents = (hot or {}).get(index, [])
+            if st is None or not st.protected or not extents:
+                continue
+            clean_same_gen = self.was_clean and st.resync_done_seq > 0
+            self.actlog.restore(index, extents, seq=st.next_seq - 1 if clean_same_gen else PINNED)
+
+    def _protected(self, index: int) -> None:
+        """The MT applied the copy: from now on a crash needs only the hot extents resynced."""
+        assert self.replicator is not None
+        pipe = self.replicator.pipelines.get(index)
+        if pipe is not None:
+            self._remember(pipe)
+            self.store.save(self.state)
+
+    def _ps_lost(self, index: int) -> None:
+        """The PS lost batches it had acknowledged: re-send the un-applied regions (the hot
+        extents) under a new generation."""
+        if self._ps_lost_task is not None and not self._ps_lost_task.done():
+            return
+        self._ps_lost_task = asyncio.create_task(self._resync_partial(index, "ps-lost"), name="ps-lost-resync")
+
+    async def _resync_partial(self, index: int, reason: str) -> None:
+        st = self.state.disks.get(self.disks[index].name)
+        if st is None or not st.protected:
+            return
+        st.next_resync_partial = True
+        self.store.save(self.state)
+        try:
+            await self._request_resync(st, reason)
+        except errors.DrlabError as exc:
+            log.error("resync_request_failed", disk=st.disk_id, reason=reason, error=exc.message)
 
     async def _request_resync(self, st: DiskState, reason: str) -> int:
         assert self.control is not None
@@ -155,6 +224,7 @@ class AgentService:
                 except (errors.DrlabError, KeyError, ValueError) as exc:
                     log.error("settings_apply_failed", name=disk.name, error=str(exc))
             self.store.save(self.state)
+        self._settings_applied.set()
         if self.progress is not None:
             self.progress.wake()
 
@@ -166,7 +236,7 @@ class AgentService:
             return
         if entry is None:
             if pipe is not None or st.protected:
-                await self.replicator.close(index)
+                await self.replicator.unprotect(index)
                 self.state.disks[name] = DiskState(disk_id=st.disk_id, name=name)
                 log.info("protection_removed", disk=st.disk_id, name=name)
             return
@@ -185,9 +255,20 @@ class AgentService:
         if st.generation == gen and st.resync_done_seq:  # clean restart in data mode
             self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url, next_seq=st.next_seq,
                                  resync_from=None, resync_done_seq=st.resync_done_seq)
+        elif st.generation == gen and st.next_seq > 1 and st.copy_partial and self.actlog is not None:
+            # clean restart in the middle of a region copy: copy the (still pinned) hot extents again
+            self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url, next_seq=st.next_seq,
+                                 resync_from=0, resync_extents=self.actlog.extents(index), reason="restart")
         elif st.generation == gen and st.next_seq > 1:  # clean restart in the middle of a copy
             self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url, next_seq=st.next_seq,
                                  resync_from=st.resync_offset, skip_zero=st.resync_skip_zero)
+        elif st.next_resync_partial and self.actlog is not None:  # a new generation: the hot extents only
+            extents = self.actlog.extents(index)
+            reason = "unclean-shutdown" if st.generation == gen else "ps-lost"
+            st = DiskState(disk_id=st.disk_id, name=st.name, generation=gen, copy_partial=True)
+            self.state.disks[st.name] = st
+            self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url,
+                                 resync_from=0, resync_extents=extents, reason=reason)
         else:  # a new generation: copy the whole disk (zeros too, unless the replica starts empty)
             st = DiskState(disk_id=st.disk_id, name=st.name, generation=gen, resync_skip_zero=gen == 1)
             self.state.disks[st.name] = st

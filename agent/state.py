@@ -31,6 +31,8 @@ class DiskState:
     resync_done_seq: int = 0  # seq of the RESYNC_DONE batch of this generation, 0 while resyncing
     resync_offset: int = 0  # where a copy interrupted by a clean stop resumes
     resync_skip_zero: bool = False  # the copy may skip zeros (the replica started zero-filled)
+    next_resync_partial: bool = False  # the next generation copies the activity log's hot extents only
+    copy_partial: bool = False  # this generation's copy covers the hot extents only
 
     @property
     def protected(self) -> bool:
@@ -56,7 +58,9 @@ class AgentState:
                              generation=int(item["generation"]), next_seq=int(item["next_seq"]),
                              resync_done_seq=int(item["resync_done_seq"]),
                              resync_offset=int(item.get("resync_offset", 0)),
-                             resync_skip_zero=bool(item.get("resync_skip_zero", False)))
+                             resync_skip_zero=bool(item.get("resync_skip_zero", False)),
+                             next_resync_partial=bool(item.get("next_resync_partial", False)),
+                             copy_partial=bool(item.get("copy_partial", False)))
             disks[disk.name] = disk
         return cls(clean_shutdown=bool(doc.get("clean_shutdown", False)), disks=disks)
 

@@ -13,6 +13,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,8 @@ class DiskUploader:
         self.ps_durable = self.mt_received = self.mt_applied = 0
         self.stale = False
         self.failures = 0
+        self.throttles = 0  # 507 answers received
+        self.throttled_at = float("-inf")  # monotonic time of the last 507
         self._acked_ahead: set[int] = set()
         self._unacked: dict[int, int] = {}  # seq -> size
         self._queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
@@ -81,11 +84,15 @@ class DiskUploader:
             return False
         return not self.stale
 
-    async def refresh_status(self) -> None:
-        """Ask the PS how far the MT got (batches acked earlier carry older numbers)."""
+    async def refresh_status(self) -> dict[str, Any] | None:
+        """Ask the PS how far the MT got (batches acked earlier carry older numbers); the PS's
+        answer when it is about this generation, else None."""
         body = await self.client.get(f"/v1/disks/{self.disk_id}/status", timeout_s=self.timeout_s)
-        if int(body.get("generation", 0)) == self.generation:
+        if isinstance(body, dict) and int(body.get("generation", 0)) == self.generation:
             self._note(body)
+            self._on_change()
+            return body
+        return None
 
     async def _worker(self) -> None:
         while not self.stale:
@@ -110,6 +117,9 @@ class DiskUploader:
             return
 
     def _delay(self, seq: int, attempt: int, exc: errors.DrlabError) -> float:
+        if exc.status == 507:
+            self.throttles += 1
+            self.throttled_at = time.monotonic()
         if exc.retry_after_s is not None:
             delay = exc.retry_after_s
         elif exc.retriable:

@@ -203,6 +203,8 @@ async def _loop(params: WorkloadParams, client: BlockClient, writer: wl.LogWrite
         except DrlabError as exc:
             stats.error = f"write {wnum} failed: {exc.message}"
             log.error("workload write failed", wnum=wnum, error=exc.message)
+            if exc.retriable:  # the connection broke: the write may have reached the disk
+                writer.append(wl.LogRecord(wnum, plan.disk, wl.KIND_DOUBT, plan.offset, plan.length, time.time_ns()))
             break
         writer.append(wl.LogRecord(wnum, plan.disk, wl.KIND_WRITE, plan.offset, plan.length, time.time_ns()))
         stats.writes, stats.bytes, stats.last_wnum = stats.writes + 1, stats.bytes + plan.length, wnum

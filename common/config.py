@@ -91,8 +91,13 @@ class AgentConfig(ComponentConfig):
     batch_max_ms: float = 100.0
     batch_max_bytes: int = 4 * MiB
     upload_window_batches: int = 4
-    backlog_max_bytes: int = 64 * MiB
+    backlog_max_bytes: int = 64 * MiB  # memory bound: tracked data + batches not yet durable at the PS
+    metadata_max_bytes: int = 16 * MiB  # metadata-mode regions waiting to be read before bitmap mode
+    bitmap_block_bytes: int = 4096  # one dirty bit per block in bitmap mode
     resync_chunk_bytes: int = 1 * MiB
+    actlog_extent_bytes: int = 1 * MiB  # activity-log granularity
+    actlog_linger_s: float = 2.0  # an extent stays hot this long after its last write is applied
+    watch_interval_s: float = 0.5  # status poll per disk: MT progress, activity-log cooling, PS loss
 
 
 C = TypeVar("C")

@@ -1,7 +1,8 @@
 """The oracle: the disk image a recovery point claims, rebuilt from the workload's write log.
 
 A point with ``wnum_hi`` contains, for its disk, exactly the logged writes (prefill and
-workload) with wnum <= wnum_hi (docs/PROTOCOL.md, "Recovery point semantics"). The expected
+workload) with wnum <= wnum_hi, and each write *in doubt* (the agent was killed before it
+answered) either wholly or not at all (docs/PROTOCOL.md, "Recovery point semantics"). The expected
 image is those writes applied in wnum order to a zero disk, their data regenerated from the
 log's seed and profile (common.datagen). An image is right only if it equals that byte for byte.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.datagen import data_for
-from common.wire.writelog import KIND_WRITE, LogIndex, LogRecord
+from common.wire.writelog import KIND_DOUBT, KIND_WRITE, LogIndex, LogRecord
 
 BLOCK = 1 << 20
 
@@ -52,10 +53,12 @@ def _b(v: int | None) -> str:
     return "EOF" if v is None else f"0x{v:02x}"
 
 
-def apply_records(index: LogIndex, disk_index: int, size_bytes: int, wnum_hi: int, fd: int) -> int:
-    """Write the disk's records up to ``wnum_hi`` into ``fd`` in wnum order; returns how many."""
+def apply_records(index: LogIndex, disk_index: int, size_bytes: int, wnum_hi: int, fd: int,
+                  with_doubts: bool = False) -> int:
+    """Write the disk's records up to ``wnum_hi`` into ``fd`` in wnum order; returns how many.
+    Writes in doubt (the agent died before answering) are left out unless ``with_doubts``."""
     seed, prof = index.header.data_args()
-    records = index.upto(wnum_hi, disk_index)
+    records = [r for r in index.upto(wnum_hi, disk_index) if with_doubts or r.kind != KIND_DOUBT]
     for rec in records:
         if rec.end > size_bytes:
             raise ValueError(f"logged write {rec.wnum} [{rec.offset}, +{rec.length}) exceeds {size_bytes} bytes")
@@ -114,6 +117,8 @@ def verify(log_path: Path, disk_index: int, size_bytes: int, wnum_hi: int, image
         os.close(fd)
         fd = -1
         mismatch = compare(Path(tmp), image_path)
+        if mismatch is not None and doubts(index, disk_index, wnum_hi):
+            mismatch = _compare_with_doubts(index, disk_index, size_bytes, wnum_hi, Path(tmp), image_path)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -124,6 +129,36 @@ def verify(log_path: Path, disk_index: int, size_bytes: int, wnum_hi: int, image
     compared = size_bytes if mismatch is None else mismatch.offset
     return VerifyResult(mismatch is None, None if mismatch is None else mismatch.offset, compared, wnum_hi,
                         applied, mismatch, time.monotonic() - started)
+
+
+def doubts(index: LogIndex, disk_index: int, wnum_hi: int) -> list[LogRecord]:
+    return [r for r in index.upto(wnum_hi, disk_index) if r.kind == KIND_DOUBT]
+
+
+def _compare_with_doubts(index: LogIndex, disk_index: int, size_bytes: int, wnum_hi: int, without: Path,
+                         image_path: Path, block: int = BLOCK) -> Mismatch | None:
+    """A write in doubt may or may not have reached the disk: every block of the image must
+    equal the expected image without the doubtful writes or the one with them."""
+    fd, tmp = tempfile.mkstemp(prefix=".oracle-doubt-", suffix=".img", dir=image_path.parent)
+    try:
+        os.ftruncate(fd, size_bytes)
+        apply_records(index, disk_index, size_bytes, wnum_hi, fd, with_doubts=True)
+        os.close(fd)
+        fd = -1
+        with open(without, "rb", buffering=0) as f0, open(tmp, "rb", buffering=0) as f1, \
+                open(image_path, "rb", buffering=0) as fa:
+            offset = 0
+            while True:
+                e0, e1, a = f0.read(block), f1.read(block), fa.read(block)
+                if a not in (e0, e1):
+                    return _first_difference(offset, e0, a)
+                if not a:
+                    return None
+                offset += len(a)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(tmp)
 
 
 def points_from_log(log_path: Path, disk_index: int | None = None,

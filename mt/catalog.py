@@ -62,7 +62,7 @@ class Point:
     def public(self) -> dict[str, object]:
         return {"gen": self.gen, "seq": self.seq, "wnum_hi": self.wnum_hi, "t_first_ns": self.t_first_ns,
                 "t_last_ns": self.t_last_ns, "received_ns": self.received_ns, "applied_ns": self.applied_ns,
-                "accuracy": self.accuracy_name}
+                "accuracy": self.accuracy_name, "data_bytes": self.data_bytes, "flags": self.flags}
 
 
 _COLUMNS = ", ".join(f.name for f in fields(Point))

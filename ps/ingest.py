@@ -119,9 +119,10 @@ def status_of(ctx: IngestContext, disk_id: str) -> dict[str, Any]:
     gen = ctx.registry.generation(disk_id)
     received, applied = progress.mt_of(gen)
     batches, nbytes = ctx.cache.backlog(disk_id)
+    held_from = next((e.seq for e in ctx.cache.pending(disk_id) if e.gen == gen), 0)
     return {"generation": gen, "ps_durable": progress.ps_durable if progress.ps_gen == gen else 0,
             "mt_received": received, "mt_applied": applied, "backlog_batches": batches,
-            "backlog_bytes": nbytes}
+            "backlog_bytes": nbytes, "held_from": held_from}
 
 
 async def get_status(request: web.Request) -> web.Response:

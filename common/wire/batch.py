@@ -55,6 +55,7 @@ class Mode(IntEnum):
     DATA = 1
     METADATA = 2
     RESYNC = 3
+    BITMAP = 4  # a dirty bitmap being drained (no valid point until RESYNC_DONE)
 
 
 class Accuracy(IntEnum):

@@ -5,13 +5,15 @@ Layout (little-endian), append-only::
     header   HEADER (24 bytes): magic b"DRWL", version u16, reserved u16, seed u64,
              data-profile id u32, params length u32; then the profile params as JSON
              (``params length`` bytes, at most MAX_PARAMS); then crc32 u32 of all of the above
-    record   RECORD (36 bytes): wnum u64, disk index u16, kind u8 (1 prefill, 2 write),
+    record   RECORD (36 bytes): wnum u64, disk index u16, kind u8 (1 prefill, 2 write, 3 in doubt),
              reserved u8, offset u64, length u32, ack_ns u64, crc32 u32 of the first 32 bytes
 
 Data is not stored: it is :func:`common.datagen.data_for` of (seed, wnum, length, profile).
 One log per machine, shared by prefill and workload runs; wnums strictly increase along it.
 
-Rules: a record is appended only after its write was acknowledged. A crash mid-append leaves
+Rules: a record is appended only after its write was acknowledged — except an *in doubt*
+record, appended when the connection to the agent broke with a write outstanding (the agent
+was killed): that write may have reached the disk or not, and its number is never reused. A crash mid-append leaves
 a torn tail — a partial record, or a last record whose crc fails — that readers ignore and
 :class:`LogWriter` truncates before appending. A bad crc anywhere before the tail is
 corruption and raises :class:`WriteLogError`.
@@ -41,7 +43,8 @@ assert RECORD.size == 36
 MAX_PARAMS = 4096
 KIND_PREFILL = 1
 KIND_WRITE = 2
-_KINDS = (KIND_PREFILL, KIND_WRITE)
+KIND_DOUBT = 3  # sent, but the agent died before answering: the disk may or may not hold it
+_KINDS = (KIND_PREFILL, KIND_WRITE, KIND_DOUBT)
 
 
 class WriteLogError(BadRequest):

@@ -227,23 +227,32 @@ async def test_protected_only_once_the_mt_applied_the_resync(world: World) -> No
         await agent.stop()
 
 
-async def test_writes_wait_while_the_ps_is_down_and_none_is_lost(world: World) -> None:
+async def test_ps_down_degrades_tracking_without_stalling_writes_and_none_is_lost(world: World) -> None:
     w = world
     w.cfg.backlog_max_bytes = 64 << 10
+    w.cfg.metadata_max_bytes = 96 << 10
     agent = AgentService(w.cfg)
     await agent.start()
     try:
         w.protect()
         await protected(agent, w, 1)
+        assert agent.disk_status("disk0")["mode"] == "data"
         w.ps.unavailable = True
         client = await BlockClient.connect(w.cfg.socket_path)
-        writer = asyncio.create_task(write_some(w, client, 1, 60))  # ~150 KiB > the bound
-        await wait_until(lambda: agent.replicator is not None and agent.replicator.backlog.waits > 0, 10, "a wait")
-        assert not writer.done()
+        wnum = await asyncio.wait_for(write_some(w, client, 1, 120), 20)  # ~300 KiB: writes never wait
+        await wait_until(lambda: agent.disk_status("disk0")["mode"] == "bitmap", 10, "bitmap mode")
         w.ps.unavailable = False
-        await asyncio.wait_for(writer, 20)
+        await write_some(w, client, wnum, 20)
+        await wait_until(lambda: agent.disk_status("disk0")["mode"] == "data"
+                         and agent.replicator is not None and agent.replicator.backlog.bytes == 0
+                         and not agent.replicator.tracker.has_pending(0), 20, "back to data mode, drained")
         await client.close()
-        await wait_until(lambda: agent.replicator is not None and agent.replicator.backlog.bytes == 0, 10, "drained")
-        assert replay(w.ps.received(w.disk_id, 1), SIZE) == w.source()
+        status = agent.disk_status("disk0")
+        assert status["mode_changes"] >= 4  # data -> metadata -> bitmap -> metadata -> data
+        assert status["batches_by_mode"].get("BITMAP", 0) >= 1
+        batches = w.ps.received(w.disk_id, 1)
+        assert any(b.mode == wb.Mode.BITMAP and b.accuracy == wb.Accuracy.NONE for b in batches)
+        assert any(b.flags & wb.Flags.RESYNC_DONE and b.mode == wb.Mode.BITMAP for b in batches)
+        assert replay(batches, SIZE) == w.source()
     finally:
         await agent.stop()

@@ -143,7 +143,7 @@ def test_flipped_data_byte_is_a_checksum_error() -> None:
         (dict(flags=4), "flags"),
         (dict(reserved=1), "reserved"),
         (dict(mode=0), "mode"),
-        (dict(mode=4), "mode"),
+        (dict(mode=5), "mode"),
         (dict(accuracy=9), "accuracy"),
         (dict(generation=0), "generation"),
         (dict(seq=0), "seq"),
