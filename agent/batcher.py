@@ -129,7 +129,7 @@ class Batcher:
         return ChangeBatch(disk_id=stream.disk_id, generation=stream.generation, seq=seq,
                            wnum_first=cut.wnum_first, wnum_hi=cut.wnum_hi, t_first_ns=cut.t_first_ns,
                            t_last_ns=cut.t_last_ns, mode=mode, accuracy=accuracy, flags=int(flags),
-                           records=cut.records)
+                           tags=cut.tags, records=cut.records)
 
 
 def _mode_of(incomplete: bool, copying: bool, tracked: TrackMode) -> tuple[Mode, Accuracy]:

@@ -194,6 +194,29 @@ class Replicator:
             self._emit(item)
         return len(stamped)
 
+    # ------------------------------------------------------------ bookmarks
+
+    async def freeze(self) -> None:
+        """Hold every write of the machine (a write in progress finishes first) until :meth:`thaw`."""
+        await self._write_lock.acquire()
+
+    def thaw(self) -> None:
+        if self._write_lock.locked():
+            self._write_lock.release()
+
+    def bookmark(self, tag: bytes) -> dict[str, tuple[int, int]]:
+        """Cut every replicating disk now, at one machine-wide boundary, with ``tag`` on each
+        batch; {disk id: (generation, seq)} of the batches that carry it."""
+        now = time.time_ns()
+        for index, pipe in self.pipelines.items():
+            if self.tracker.watching(index) and not pipe.uploader.stale:
+                self.tracker.add_tag(index, tag, now)
+        stamped = self.batcher.cut_all_stamped(now)
+        for item in stamped:
+            self._emit(item)
+        return {item.batch.disk_id.hex(): (item.batch.generation, item.batch.seq) for item in stamped
+                if tag in item.batch.tags}
+
     def _emit(self, item: Stamped) -> None:
         batch = item.batch
         index = self._index_of(batch.disk_id)

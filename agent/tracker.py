@@ -56,6 +56,7 @@ class Cut:
     mode: TrackMode  # the mode the disk was in when the changes were recorded (worst of them)
     bitmap_started: bool = False  # the disk entered bitmap mode since the previous cut
     bitmap_drained: bool = False  # no dirty block is left after this cut
+    tags: list[bytes] = field(default_factory=list)  # bookmarks placed at this cut's boundary
 
 
 _RANK = {TrackMode.DATA: 0, TrackMode.METADATA: 1, TrackMode.BITMAP: 2}
@@ -79,6 +80,7 @@ class _Disk:
     forced: bool = False  # cut a batch even if it holds nothing (a marker)
     worst: TrackMode = TrackMode.DATA  # worst mode since the previous cut
     bitmap_started: bool = False
+    tags: list[bytes] = field(default_factory=list)
 
     def touch(self, now_ns: int) -> None:
         if self.empty():
@@ -87,10 +89,10 @@ class _Disk:
 
     def empty(self) -> bool:
         return (not self.records and not self.extents and not self.resync_done and not self.forced
-                and not self.bitmap)
+                and not self.bitmap and not self.tags)
 
     def reset(self) -> None:
-        self.records, self.extents = [], []
+        self.records, self.extents, self.tags = [], [], []
         self.nbytes = self.extent_bytes = self.wnum_first = self.resync_records = 0
         self.t_first_ns = self.t_last_ns = 0
         self.resync_done = self.forced = self.bitmap_started = False
@@ -168,6 +170,12 @@ class Tracker:
         d = self._disks[disk]
         d.touch(now_ns)
         d.resync_done = True
+
+    def add_tag(self, disk: int, tag: bytes, now_ns: int) -> None:
+        """Put a bookmark at the next cut of ``disk`` (the cut happens even if nothing changed)."""
+        d = self._disks[disk]
+        d.touch(now_ns)
+        d.tags.append(bytes(tag))
 
     def force(self, disk: int, now_ns: int) -> None:
         """The next cut of ``disk`` yields a batch even if empty (a common machine boundary)."""
@@ -253,7 +261,7 @@ class Tracker:
                   t_first_ns=d.t_first_ns or now_ns, t_last_ns=d.t_last_ns or now_ns,
                   nbytes=sum(len(r.data) for r in records), resync_records=d.resync_records,
                   resync_done=d.resync_done, mode=d.worst, bitmap_started=d.bitmap_started,
-                  bitmap_drained=drained)
+                  bitmap_drained=drained, tags=list(d.tags))
         keep_bitmap = d.bitmap
         d.reset()
         d.bitmap = keep_bitmap

@@ -171,3 +171,20 @@ def test_any_mode_sequence_replays_to_the_disk(seed: int, drain_blocks: int) -> 
     while d.cut():
         pass
     assert not d.stream.incomplete and replay(d.batches) == d.image
+
+
+def test_a_bookmark_cuts_every_disk_at_one_boundary_even_idle_ones() -> None:
+    t = Tracker()
+    b = Batcher(t, 1 << 20, idle_mark_ns=10**12)
+    for i in (0, 1):
+        b.open(DiskStream(index=i, disk_id=bytes([i + 1]) * 16, generation=1))
+    t.record_write(0, 1, 0, b"a", 0)
+    for i in (0, 1):
+        t.add_tag(i, b"app:nightly", 5)
+    out = b.cut_all(10)
+    assert [x.tags for x in out] == [[b"app:nightly"], [b"app:nightly"]]
+    assert {x.wnum_hi for x in out} == {1}
+    decoded = wb.decode(wb.encode(out[1]))
+    assert decoded.tags == [b"app:nightly"] and decoded.records == []
+    t.record_write(0, 2, 0, b"b", 20)
+    assert [x.tags for x in b.cut_all(30)] == [[]]  # a tag goes out once
