@@ -174,8 +174,12 @@ class Replicator:
     # ------------------------------------------------------------ cutting
 
     def has_room(self) -> bool:
-        """Whether reading regions back (metadata, bitmap) keeps the machine under its bound."""
-        return self._backlog_bytes() < self.cfg.backlog_max_bytes
+        """Whether to read regions back (metadata, bitmap) now: the machine is under its memory
+        bound and no PS throttled lately (batches read now would only wait in memory)."""
+        calm = time.monotonic() - self.policy.calm_s
+        if any(p.uploader.throttled_at > calm for p in self.pipelines.values()):
+            return False
+        return self._backlog_bytes() < self.policy.memory_bytes
 
     def tick(self) -> None:
         """The batch clock: re-evaluate modes, then cut if there is room or data is held (a cut at

@@ -36,10 +36,12 @@ async def serve(app: web.Application, files: tls.IdentityFiles) -> tuple[web.App
     return runner, f"https://127.0.0.1:{runner.addresses[0][1]}"
 
 
-async def wait_until(pred: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+async def wait_until(pred: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition",
+                     show: Callable[[], object] | None = None) -> None:
+    """Poll ``pred``; on timeout fail saying ``what`` (and ``show()``, the state to look at)."""
     deadline = time.monotonic() + timeout_s
     while not pred():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s"
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s" + (f": {show()}" if show else "")
         await asyncio.sleep(0.02)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from agentfakes import BlockClient, FakeCS, issue, wait_until
 
+from agent.modes import ModePolicy
 from agent.service import AgentService
 from common.config import AgentConfig, DiskConfig, MTConfig, PSConfig
 from common.wire import blockio as bio
@@ -125,3 +126,37 @@ async def test_unclean_restart_replicates_again_under_generation_2(site: Site) -
                      and s.agent.disk_status("disk0")["generation"] == 2, 30, "protected under generation 2")
     await write_random(s.cfg.socket_path, 200, 20, 3)
     await wait_until(lambda: s.replica() == s.cfg.disks[0].path.read_bytes(), 30, "replica equal to the source")
+
+
+async def test_a_throttling_ps_degrades_tracking_and_the_catalog_marks_the_points(site: Site) -> None:
+    """Real 507s from a PS whose small cache is full (its uploads to the MT paused): the agent
+    goes data -> metadata -> bitmap without stalling writes, climbs back once the PS drains, and
+    the MT's catalog marks points exact, approximate or none by the batches' modes."""
+    s = site
+    assert s.agent.replicator is not None
+    s.agent.replicator.policy = ModePolicy(memory_bytes=64 << 20, metadata_max_bytes=96 << 10)
+    s.protect()
+    await write_random(s.cfg.socket_path, 1, 20, 1)
+    await wait_until(lambda: s.agent.disk_status("disk0")["state"] == "protected", 30, "protected")
+    await s.ps.uploaders.stop()  # the MT is out of reach: the cache fills
+    assert s.ps.cache is not None
+    s.ps.cache.max_bytes = s.ps.cache.used_bytes + (128 << 10)
+    wnum = 100
+    while s.agent.disk_status("disk0")["mode"] != "bitmap":  # writes go on: the PS keeps refusing
+        await write_random(s.cfg.socket_path, wnum, 10, wnum)
+        wnum += 10
+        assert wnum < 3000, s.agent.disk_status("disk0")
+    assert s.agent.disk_status("disk0")["throttles"] > 0  # the PS really answered 507
+    await s.ps.uploaders.sync()
+    s.ps.cache.max_bytes = 1 << 30
+    await write_random(s.cfg.socket_path, wnum, 10, 3)
+    await wait_until(lambda: s.agent.disk_status("disk0")["mode"] == "data", 30, "back to data mode")
+    await write_random(s.cfg.socket_path, wnum + 10, 10, 4)
+    await wait_until(lambda: s.replica() == s.cfg.disks[0].path.read_bytes(), 30, "replica equal to the source")
+    by_mode = s.agent.disk_status("disk0")["batches_by_mode"]
+    assert by_mode.get("METADATA", 0) >= 1 and by_mode.get("BITMAP", 0) >= 1
+    assert s.mt.catalog is not None
+    points = s.mt.catalog.all(s.cs.disks["disk0"])
+    names = [p.accuracy_name for p in points]
+    assert {"exact", "approximate", "none"} <= set(names)
+    assert names[-1] == "exact", [(p.seq, p.accuracy_name, p.data_bytes) for p in points][-12:]
