@@ -12,9 +12,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Tools some tests need from Debian (the compose file is validated, not run).
+# Tools some tests need from Debian (the compose file is validated, not run; qemu-io and
+# nbdcopy write through the agent's NBD export).
 system-deps:
 	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
+	@(command -v qemu-io >/dev/null && command -v nbdcopy >/dev/null) || \
+		(apt-get update -qq && apt-get install -y -qq qemu-utils libnbd-bin >/dev/null)
 
 demo: $(STAMP)
 	$(BIN)/drlab demo

@@ -7,7 +7,8 @@ Down, as soon as the cause is real:
   (the PS keeps throttling, or the uplink is slower than the churn).
 Up, only once drained:
 - BITMAP -> METADATA when a cut emptied the bitmap;
-- METADATA -> DATA when nothing is waiting to be read back, no 507 came for ``calm_s`` and the
+- METADATA -> DATA when nothing is waiting to be read back, no 507 came for twice ``calm_s``
+  (reading back resumes after ``calm_s``: the disk stays a while in metadata mode first) and the
   held bytes are under half the bound.
 """
 
@@ -45,7 +46,8 @@ def next_mode(policy: ModePolicy, m: Measure) -> tuple[TrackMode, str]:
     elif m.mode is TrackMode.METADATA:
         if m.metadata_bytes > policy.metadata_max_bytes:
             return TrackMode.BITMAP, "metadata-bound"
-        if not throttled and m.metadata_bytes == 0 and m.held_bytes < policy.memory_bytes // 2:
+        calm = m.since_throttle_s >= 2 * policy.calm_s  # climb back slower than reading resumes
+        if calm and m.metadata_bytes == 0 and m.held_bytes < policy.memory_bytes // 2:
             return TrackMode.DATA, "drained"
     elif m.bitmap_bytes == 0:
         return TrackMode.METADATA, "bitmap-drained"

@@ -16,6 +16,7 @@ from agent.actlog import FILE_NAME as ACTLOG_FILE
 from agent.actlog import PINNED, ActivityLog
 from agent.blockserver import BlockServer
 from agent.disk import DiskImage
+from agent.nbd import NbdServer
 from agent.progress import ProgressReporter
 from agent.replication import Pipeline, Replicator
 from agent.state import AgentState, DiskState, StateStore
@@ -41,6 +42,7 @@ class AgentService:
         self.control: ControlPlane | None = None
         self.replicator: Replicator | None = None
         self.blockserver: BlockServer | None = None
+        self.nbd: NbdServer | None = None  # the NBD export on loopback, when cfg.nbd_enabled
         self.progress: ProgressReporter | None = None
         self._settings_lock = asyncio.Lock()
         self.actlog: ActivityLog | None = None
@@ -71,6 +73,7 @@ class AgentService:
         self._restore_hot(hot)
         self.replicator = Replicator(self.cfg, self.disks, tls.client_context(self.files), actlog=self.actlog,
                                      on_ps_lost=self._ps_lost, on_protected=self._protected)
+        self.replicator.tracker.last_wnum = self.state.last_wnum  # write numbers keep increasing
         self.replicator.protected = {i for i, d in enumerate(self.disks)
                                      if (st := self.state.disks.get(d.name)) is not None and st.protected}
         self.replicator.start()
@@ -82,8 +85,13 @@ class AgentService:
         await self._settings_applied.wait()
         self.blockserver = BlockServer(self.cfg.socket_path, self.disks, self.replicator.write)
         await self.blockserver.start()
+        if self.cfg.nbd_enabled:
+            self.nbd = NbdServer.from_config(self.cfg, self.disks, self.replicator.write_next)
+            await self.nbd.start()
 
     async def stop(self) -> None:
+        if self.nbd is not None:
+            await self.nbd.stop()
         if self.blockserver is not None:
             await self.blockserver.stop()
         if self.progress is not None:
@@ -95,6 +103,7 @@ class AgentService:
             await self.replicator.stop_resyncs()
             drained = await self.replicator.drain(DRAIN_TIMEOUT_S)
             self._remember_pipelines()
+            self.state.last_wnum = self.replicator.tracker.last_wnum
             await self.replicator.stop()
         self.state.clean_shutdown = drained or not any(d.protected for d in self.state.disks.values())
         self.store.save(self.state)

@@ -42,10 +42,11 @@ class DiskState:
 @dataclass
 class AgentState:
     clean_shutdown: bool = True
+    last_wnum: int = 0  # the machine's last write number at the last clean stop
     disks: dict[str, DiskState] = field(default_factory=dict)  # by disk name
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": VERSION, "clean_shutdown": self.clean_shutdown,
+        return {"version": VERSION, "clean_shutdown": self.clean_shutdown, "last_wnum": self.last_wnum,
                 "disks": [asdict(d) for d in self.disks.values()]}
 
     @classmethod
@@ -62,7 +63,8 @@ class AgentState:
                              next_resync_partial=bool(item.get("next_resync_partial", False)),
                              copy_partial=bool(item.get("copy_partial", False)))
             disks[disk.name] = disk
-        return cls(clean_shutdown=bool(doc.get("clean_shutdown", False)), disks=disks)
+        return cls(clean_shutdown=bool(doc.get("clean_shutdown", False)), last_wnum=int(doc.get("last_wnum", 0)),
+                   disks=disks)
 
 
 class StateStore:

@@ -8,6 +8,7 @@ silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ CS_FALLBACK_PORT = 8443
 PS_DATA_PORT = 9443
 MT_DATA_PORT = 9443
 MT_CONTROL_PORT = 9080
+NBD_PORT = 10809  # the port registered for NBD
 
 
 @dataclass
@@ -98,6 +100,30 @@ class AgentConfig(ComponentConfig):
     actlog_extent_bytes: int = 1 * MiB  # activity-log granularity
     actlog_linger_s: float = 2.0  # an extent stays hot this long after its last write is applied
     watch_interval_s: float = 0.5  # status poll per disk: MT progress, activity-log cooling, PS loss
+    nbd_enabled: bool = False  # serve each disk as an NBD export named after it (agent/nbd.py)
+    nbd_listen_host: str = "127.0.0.1"  # loopback only: the export has no authentication
+    nbd_port: int = NBD_PORT
+    nbd_max_request_bytes: int = 32 * MiB  # the largest NBD READ / WRITE served
+    nbd_handshake_timeout_s: float = 30.0  # a client must finish option negotiation within this
+
+    def __post_init__(self) -> None:
+        if not is_loopback(self.nbd_listen_host):
+            raise ConfigError(f"nbd_listen_host {self.nbd_listen_host!r} is not a loopback address "
+                              "(the NBD export has no authentication)")
+        if not 0 <= self.nbd_port <= 65535:
+            raise ConfigError(f"nbd_port {self.nbd_port} is not a TCP port")
+        if not 4096 <= self.nbd_max_request_bytes <= 32 * MiB:
+            raise ConfigError(f"nbd_max_request_bytes {self.nbd_max_request_bytes} is not in [4096, 32 MiB]")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback IP literal (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 C = TypeVar("C")

@@ -61,6 +61,12 @@ class Lab:
     def disk_path(self, node: Node, disk_name: str) -> Path:
         return self.node_dir(node) / f"{disk_name}.img"
 
+    def nbd_url(self, node: Node, disk_name: str) -> str:
+        """The NBD URI of a disk of a machine whose topology entry sets ``nbd_port``."""
+        if "nbd" not in node.ports:
+            raise errors.BadRequest(f"machine {node.name} has no NBD export (set nbd_port in the topology)")
+        return f"nbd://{node.address}:{node.ports['nbd']}/{disk_name}"
+
     # -- configuration ---------------------------------------------------------------------
 
     def cs_config(self) -> CSConfig:
@@ -101,6 +107,8 @@ class Lab:
             data["socket_path"] = str(self.agent_socket(node))
             data["disks"] = [{"name": d.name, "path": str(self.disk_path(node, d.name)),
                               "size_bytes": d.size_bytes} for d in node.disks]
+            if "nbd" in node.ports:
+                data.update(nbd_enabled=True, nbd_listen_host=node.address, nbd_port=node.ports["nbd"])
         return data
 
     def write_configs(self) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import CS_FALLBACK_PORT, ConfigError, MiB
+from common.config import CS_FALLBACK_PORT, ConfigError, MiB, is_loopback
 
 DEFAULT_TOPOLOGY = Path(__file__).with_name("lab.toml")
 
@@ -53,6 +53,17 @@ def _cs_port(requested: int) -> int:
     return requested
 
 
+def _nbd_ports(machine: dict[str, Any]) -> dict[str, int]:
+    """``nbd_port = N`` on a machine: its agent serves its disks as NBD exports on the machine's
+    ``address`` (loopback only), port N."""
+    if "nbd_port" not in machine:
+        return {}
+    address = str(machine.get("address", "127.0.0.1"))
+    if not is_loopback(address):
+        raise ConfigError(f"machine {machine.get('name')}: NBD needs a loopback address, not {address!r}")
+    return {"nbd": int(machine["nbd_port"])}
+
+
 def load(path: Path = DEFAULT_TOPOLOGY) -> Topology:
     try:
         raw: dict[str, Any] = tomllib.loads(Path(path).read_text())
@@ -67,7 +78,7 @@ def load(path: Path = DEFAULT_TOPOLOGY) -> Topology:
                     for m in cloud.get("mt", []))
         pss = tuple(Node(p["name"], "ps", p["address"], {"data": int(p.get("data_port", 9443))})
                     for p in onprem.get("ps", []))
-        machines = tuple(Node(m["name"], "agent", "127.0.0.1", {},
+        machines = tuple(Node(m["name"], "agent", str(m.get("address", "127.0.0.1")), _nbd_ports(m),
                               tuple(DiskSpec(d["name"], int(d["size_mib"]) * MiB) for d in m.get("disks", [])))
                          for m in onprem.get("machines", []))
     except (KeyError, TypeError, ValueError) as exc:

@@ -32,6 +32,7 @@ def measure(mode: TrackMode, held: int = 0, meta: int = 0, bitmap: int = 0, sinc
     (measure(TrackMode.METADATA, meta=0, held=100), (TrackMode.DATA, "drained")),
     (measure(TrackMode.METADATA, meta=0, held=600), (TrackMode.METADATA, "")),  # not under half the bound
     (measure(TrackMode.METADATA, meta=0, since=1.0), (TrackMode.METADATA, "")),  # throttled recently
+    (measure(TrackMode.METADATA, meta=0, since=3.0), (TrackMode.METADATA, "")),  # calm, not twice as long
     (measure(TrackMode.METADATA, meta=10), (TrackMode.METADATA, "")),  # regions still waiting
     (measure(TrackMode.BITMAP, bitmap=4096), (TrackMode.BITMAP, "")),
     (measure(TrackMode.BITMAP, bitmap=0, since=0.1), (TrackMode.METADATA, "bitmap-drained")),
