@@ -167,3 +167,78 @@ async def test_a_throttling_ps_degrades_tracking_and_the_catalog_marks_the_point
     names = [p.accuracy_name for p in points]
     assert {"exact", "approximate", "none"} <= set(names)
     assert names[-1] == "exact", [(p.seq, p.accuracy_name, p.data_bytes) for p in points][-3:]
+
+
+def bump_generation(s: Site, gen: int, roles: tuple[str, ...]) -> None:
+    """The CS moves the disk to ``gen``; only the given roles' documents say so."""
+    disk_id = s.cs.disks["disk0"]
+    s.cs.generations[disk_id] = gen
+    docs = [s.cs.role_docs[r] for r in roles if r != "agent"] + ([s.cs.document] if "agent" in roles else [])
+    for doc in docs:
+        for item in doc["disks"]:
+            item["generation"] = gen
+    s.cs.publish(s.cs.document)
+
+
+async def caught_up(s: Site, wnum: int) -> None:
+    catalog, disk_id = s.mt.catalog, s.cs.disks["disk0"]
+    assert catalog is not None
+    await wait_until(lambda: (p := catalog.latest(disk_id)) is not None and p.wnum_hi >= wnum, 30,
+                     f"write {wnum} in the catalog")
+
+
+async def test_a_partitioned_agent_on_an_old_generation_is_refused_and_changes_nothing(site: Site) -> None:
+    s = site
+    s.protect()
+    await write_random(s.cfg.socket_path, 1, 20, 1)
+    await wait_until(lambda: s.agent.disk_status("disk0")["state"] == "protected", 30, "protected")
+    await caught_up(s, 20)
+    assert s.mt.catalog is not None
+    disk_id = s.cs.disks["disk0"]
+    points, replica = len(s.mt.catalog.all(disk_id)), s.replica()
+    bump_generation(s, 2, ("ps", "mt"))  # the agent is cut off from the CS: it still runs generation 1
+    await wait_until(lambda: s.ps.registry.generation(disk_id) == 2, 10, "the PS on generation 2")
+    await write_random(s.cfg.socket_path, 100, 20, 2)
+    await wait_until(lambda: s.agent.disk_status("disk0")["state"] == "stale", 10, "the agent refused")
+    assert s.ps.cache is not None and not [e for e in s.ps.cache.pending(disk_id) if e.gen == 1]
+    await asyncio.sleep(0.5)
+    assert len(s.mt.catalog.all(disk_id)) == points and s.replica() == replica  # nothing changed
+    bump_generation(s, 2, ("ps", "mt", "agent"))  # the partition heals: the agent follows
+    await wait_until(lambda: s.agent.disk_status("disk0")["generation"] == 2
+                     and s.agent.disk_status("disk0")["state"] == "protected", 30, "protected under generation 2")
+    await write_random(s.cfg.socket_path, 200, 5, 3)
+    await wait_until(lambda: s.replica() == s.cfg.disks[0].path.read_bytes(), 30, "replica equal to the source")
+
+
+async def test_a_resurrected_ps_with_batches_of_an_old_generation_is_refused_by_the_mt(site: Site) -> None:
+    s = site
+    s.protect()
+    await write_random(s.cfg.socket_path, 1, 20, 1)
+    await wait_until(lambda: s.agent.disk_status("disk0")["state"] == "protected", 30, "protected")
+    await caught_up(s, 20)
+    await s.ps.uploaders.stop()  # the MT is out of reach: batches stay in the PS cache
+    first = s.agent.disk_status("disk0")["next_seq"]
+    await write_random(s.cfg.socket_path, 100, 20, 2)
+    await wait_until(lambda: first <= s.agent.disk_status("disk0")["acked_seq"]
+                     == s.agent.disk_status("disk0")["next_seq"] - 1, 10, "the new batches cached at the PS")
+    disk_id, ps_cfg = s.cs.disks["disk0"], s.ps.cfg
+    assert s.ps.cache is not None and [e for e in s.ps.cache.pending(disk_id) if e.gen == 1]
+    await s.ps.stop()  # the PS dies with its cache
+    await s.agent.stop()
+    assert s.mt.catalog is not None
+    points, replica = len(s.mt.catalog.all(disk_id)), s.replica()
+    bump_generation(s, 2, ("mt",))  # the MT follows the CS; the old PS's settings still say generation 1
+    await wait_until(lambda: (d := s.mt.registry.disks.get(disk_id)) is not None and d.generation == 2, 10,
+                     "the MT on generation 2")
+    old = ps_service.PSService(ps_cfg, poll_interval_s=0.1)
+    await old.start()  # resurrected, with its cache
+    try:
+        assert old.cache is not None
+        await wait_until(lambda: not old.cache.pending(disk_id), 20, "the old batches dropped",  # type: ignore[union-attr]
+                         lambda: old.cache.pending(disk_id))  # type: ignore[union-attr]
+        assert len(s.mt.catalog.all(disk_id)) == points and s.replica() == replica
+    finally:
+        await old.stop()
+    s.ps = old  # the fixture stops it again (a no-op)
+    s.agent = AgentService(s.cfg)
+    await s.agent.start()
