@@ -55,6 +55,7 @@ class Stamped:
 
     batch: ChangeBatch
     extents: list[tuple[int, int]]
+    folded: bool = False  # the cut moved the disk to bitmap mode (regions too large for a batch)
 
 
 class Batcher:
@@ -104,7 +105,7 @@ class Batcher:
             return None
         stream.last_cut_ns = now_ns
         extents = [(r.offset, len(r.data)) for r in cut.records]
-        return Stamped(self._stamp(stream, cut), extents)
+        return Stamped(self._stamp(stream, cut), extents, cut.folded)
 
     def _stamp(self, stream: DiskStream, cut: Cut) -> ChangeBatch:
         seq = stream.next_seq

@@ -21,7 +21,7 @@ from agent.batcher import BatchClock, Batcher, DiskStream, Stamped
 from agent.disk import DiskImage
 from agent.modes import Measure, ModePolicy, next_mode
 from agent.psloss import LossDetector
-from agent.resync import ResyncJob
+from agent.resync import RemoteHashes, ResyncJob
 from agent.tasks import cancel_and_wait
 from agent.tracker import Tracker, TrackMode
 from agent.uploader import DiskUploader
@@ -85,7 +85,15 @@ class Pipeline:
                 "unacked_bytes": self.uploader.unacked_bytes, "send_failures": self.uploader.failures,
                 "bytes_done": self.resync.bytes_done if self.resync else 0,
                 "bytes_total": self.resync.bytes_total if self.resync else 0,
+                **self.resync_status(),
                 **self.tracking_status()}
+
+    def resync_status(self) -> dict[str, Any]:
+        job = self.resync
+        if job is None:
+            return {"resync_mode": None, "resync_reason": None, "bytes_compared": 0, "bytes_sent": 0}
+        return {"resync_mode": job.mode, "resync_reason": job.reason, "bytes_compared": job.bytes_compared,
+                "bytes_sent": job.bytes_sent}
 
     def tracking_status(self) -> dict[str, Any]:
         return {"mode": self.mode, "mode_changes": self.mode_changes, "batches_by_mode": dict(self.batches_by_mode),
@@ -225,6 +233,8 @@ class Replicator:
         batch = item.batch
         index = self._index_of(batch.disk_id)
         pipe = self.pipelines[index]
+        if item.folded:
+            self._mode_changed(pipe, TrackMode.METADATA, TrackMode.BITMAP, "batch-bound")
         done = bool(batch.flags & wb.Flags.RESYNC_DONE)
         if self.actlog is not None:
             self.actlog.note_cut(index, batch.seq, item.extents, done)
@@ -249,12 +259,15 @@ class Replicator:
         if new is mode:
             return
         self.tracker.set_mode(index, new)
+        self._mode_changed(pipe, mode, new, why)
+
+    def _mode_changed(self, pipe: Pipeline, old: TrackMode, new: TrackMode, why: str) -> None:
         pipe.mode = new.value
         pipe.mode_changes += 1
-        self.mode_changes.append((pipe.disk_id, mode.value, new.value, why))
+        self.mode_changes.append((pipe.disk_id, old.value, new.value, why))
         del self.mode_changes[:-64]
-        log.info("tracking_mode_changed", disk=pipe.disk_id, gen=pipe.generation, old=mode.value, new=new.value,
-                 reason=why, held_bytes=measure.held_bytes)
+        log.info("tracking_mode_changed", disk=pipe.disk_id, gen=pipe.generation, old=old.value, new=new.value,
+                 reason=why, held_bytes=self._backlog_bytes())
 
     # ------------------------------------------------------------ pipelines
 
@@ -282,9 +295,13 @@ class Replicator:
             self.actlog.pin_all(index)
         uploader.start()
         if resync_from is not None:
+            # over a zero-filled replica (skip_zero) copy; else compare block hashes with the MT's
+            hashes = None if skip_zero else RemoteHashes(uploader, block_bytes=self.cfg.hash_block_bytes,
+                                                         request_bytes=self.cfg.hash_request_bytes,
+                                                         max_backoff_s=self.cfg.retry_max_backoff_s)
             pipe.resync = ResyncJob(disk, index, self.tracker, self.backlog, chunk_bytes=self.cfg.resync_chunk_bytes,
                                     skip_zero=skip_zero, on_chunk=self._on_chunk, extents=resync_extents,
-                                    reason=reason)
+                                    reason=reason, hashes=hashes, cut_now=self.cut_now)
             pipe.resync.bytes_done = resync_from
             pipe.resync_task = asyncio.create_task(pipe.resync.run(), name=f"resync-{disk.name}")
         log.info("pipeline_opened", disk=disk_id, name=disk.name, gen=generation, seq=next_seq,

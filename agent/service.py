@@ -270,7 +270,8 @@ class AgentService:
                                  resync_from=0, resync_extents=self.actlog.extents(index), reason="restart")
         elif st.generation == gen and st.next_seq > 1:  # clean restart in the middle of a copy
             self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url, next_seq=st.next_seq,
-                                 resync_from=st.resync_offset, skip_zero=st.resync_skip_zero)
+                                 resync_from=st.resync_offset, skip_zero=st.resync_skip_zero,
+                                 reason="initial" if gen == 1 else "resync")
         elif st.next_resync_partial and self.actlog is not None:  # a new generation: the hot extents only
             extents = self.actlog.extents(index)
             reason = "unclean-shutdown" if st.generation == gen else "ps-lost"
@@ -278,11 +279,12 @@ class AgentService:
             self.state.disks[st.name] = st
             self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url,
                                  resync_from=0, resync_extents=extents, reason=reason)
-        else:  # a new generation: copy the whole disk (zeros too, unless the replica starts empty)
+        else:  # a new generation: the whole disk (copied onto an empty replica, else compared by hashes)
             st = DiskState(disk_id=st.disk_id, name=st.name, generation=gen, resync_skip_zero=gen == 1)
             self.state.disks[st.name] = st
             self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url,
-                                 resync_from=0, skip_zero=st.resync_skip_zero)
+                                 resync_from=0, skip_zero=st.resync_skip_zero,
+                                 reason="initial" if gen == 1 else "resync")
 
     def _remember_pipelines(self) -> None:
         assert self.replicator is not None

@@ -57,6 +57,7 @@ class Cut:
     bitmap_started: bool = False  # the disk entered bitmap mode since the previous cut
     bitmap_drained: bool = False  # no dirty block is left after this cut
     tags: list[bytes] = field(default_factory=list)  # bookmarks placed at this cut's boundary
+    folded: bool = False  # metadata regions too large for one batch went to bitmap mode
 
 
 _RANK = {TrackMode.DATA: 0, TrackMode.METADATA: 1, TrackMode.BITMAP: 2}
@@ -246,12 +247,19 @@ class Tracker:
 
     def cut(self, disk: int, now_ns: int, read: Read | None = None, drain_bytes: int = 4 << 20) -> Cut | None:
         """Everything ``disk`` holds as one batch's content, or None when nothing changed.
-        Metadata regions and up to ``drain_bytes`` of bitmap blocks are read with ``read``."""
+        Metadata regions and bitmap blocks are read with ``read``; a batch reads back at most
+        ``drain_bytes``: metadata regions that would not fit go to the bitmap (bitmap mode,
+        drained a chunk per cut), so no batch outgrows what a PS cache can take."""
         d = self._disks.get(disk)
         if d is None or d.empty():
             return None
+        merged = merge(d.extents)
+        folded = bool(merged) and sum(n for _, n in merged) > drain_bytes
+        if folded:
+            self.set_mode(disk, TrackMode.BITMAP)  # folds the regions into the bitmap
+            merged = []
         records = list(d.records)
-        for off, length in merge(d.extents):
+        for off, length in merged:
             records.append(Record(off, _read(read, off, length)))
         if d.bitmap:
             for off, length in d.bitmap.take(drain_bytes):
@@ -261,7 +269,7 @@ class Tracker:
                   t_first_ns=d.t_first_ns or now_ns, t_last_ns=d.t_last_ns or now_ns,
                   nbytes=sum(len(r.data) for r in records), resync_records=d.resync_records,
                   resync_done=d.resync_done, mode=d.worst, bitmap_started=d.bitmap_started,
-                  bitmap_drained=drained, tags=list(d.tags))
+                  bitmap_drained=drained, tags=list(d.tags), folded=folded)
         keep_bitmap = d.bitmap
         d.reset()
         d.bitmap = keep_bitmap

@@ -68,6 +68,25 @@ class PSConfig(ComponentConfig):
     upload_threads: int = 2
     cache_max_bytes: int = 8 * 1024 * MiB
     max_batch_bytes: int = 64 * MiB
+    # Throttling (ps/throttle.py): new batches get 507 + Retry-After while the cache's free space
+    # (the smaller of what cache_max_bytes leaves and the filesystem's free space) is under
+    # cache_throttle_free_pct, until cache_resume_free_pct is free again; a disk whose backlog (bytes
+    # not yet durably at the MT) passes disk_backlog_max_bytes alone gets 507 until it is at most
+    # disk_backlog_resume_pct % of that limit.
+    cache_throttle_free_pct: float = 20.0
+    cache_resume_free_pct: float = 25.0
+    disk_backlog_max_bytes: int = 4 * 1024 * MiB  # the emulated system's 8 GB is for a 600 GB+ cache
+    disk_backlog_resume_pct: float = 75.0
+    throttle_retry_after_s: float = 1.0  # Retry-After of a 507 (sent as whole seconds, at least 1)
+    cache_fs_check_interval_s: float = 1.0  # how often the filesystem's free space is sampled
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cache_throttle_free_pct <= self.cache_resume_free_pct <= 100.0:
+            raise ConfigError("need 0 <= cache_throttle_free_pct <= cache_resume_free_pct <= 100")
+        if self.disk_backlog_max_bytes < 1 or not 0.0 <= self.disk_backlog_resume_pct <= 100.0:
+            raise ConfigError("need disk_backlog_max_bytes >= 1 and 0 <= disk_backlog_resume_pct <= 100")
+        if self.throttle_retry_after_s <= 0 or self.cache_fs_check_interval_s < 0:
+            raise ConfigError("throttle_retry_after_s must be > 0 and cache_fs_check_interval_s >= 0")
 
 
 @dataclass
@@ -77,6 +96,7 @@ class MTConfig(ComponentConfig):
     control_port: int = MT_CONTROL_PORT
     segment_max_bytes: int = 64 * MiB
     max_batch_bytes: int = 64 * MiB
+    hash_max_bytes: int = 64 * MiB  # the most replica bytes one block-hashes answer covers
 
 
 @dataclass
@@ -97,6 +117,9 @@ class AgentConfig(ComponentConfig):
     metadata_max_bytes: int = 16 * MiB  # metadata-mode regions waiting to be read before bitmap mode
     bitmap_block_bytes: int = 4096  # one dirty bit per block in bitmap mode
     resync_chunk_bytes: int = 1 * MiB
+    hash_block_bytes: int = 1 * MiB  # checksum resync and verify: one xxh3-128 hash per block
+    hash_request_bytes: int = 32 * MiB  # disk bytes whose block hashes one request asks the MT for
+    verify_rounds: int = 6  # online verify: rounds re-checking blocks that differed (then: unsettled)
     actlog_extent_bytes: int = 1 * MiB  # activity-log granularity
     actlog_linger_s: float = 2.0  # an extent stays hot this long after its last write is applied
     watch_interval_s: float = 0.5  # status poll per disk: MT progress, activity-log cooling, PS loss
@@ -114,6 +137,10 @@ class AgentConfig(ComponentConfig):
             raise ConfigError(f"nbd_port {self.nbd_port} is not a TCP port")
         if not 4096 <= self.nbd_max_request_bytes <= 32 * MiB:
             raise ConfigError(f"nbd_max_request_bytes {self.nbd_max_request_bytes} is not in [4096, 32 MiB]")
+        block = self.hash_block_bytes
+        if block & (block - 1) or not 4096 <= block <= 64 * MiB or self.hash_request_bytes < block:
+            raise ConfigError(f"hash_block_bytes {block} must be a power of two in [4096, 64 MiB] and at most "
+                              f"hash_request_bytes {self.hash_request_bytes}")
 
 
 def is_loopback(host: str) -> bool:

@@ -7,7 +7,7 @@ import asyncio
 import json
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -203,3 +203,16 @@ async def retrying(call: Callable[[], Awaitable[Any]], *, what: str, max_backoff
             delay = exc.retry_after_s if exc.retry_after_s is not None else backoff_s(attempt, max_s=max_backoff_s)
             log.info("retrying", what=what, attempt=attempt, delay_s=round(delay, 3), error=exc.message)
             await asyncio.sleep(delay)
+
+
+U64_MAX = (1 << 64) - 1
+
+
+def query_u64(query: Mapping[str, str], name: str, low: int = 0) -> int:
+    """A required query parameter holding a decimal integer in [low, 2^64) (400 otherwise)."""
+    text = query.get(name)
+    if text is None:
+        raise errors.BadRequest(f"query parameter {name} is required")
+    if not text.isascii() or not text.isdigit() or len(text) > 20 or not low <= int(text) <= U64_MAX:
+        raise errors.BadRequest(f"{name} must be an integer in [{low}, 2^64)")
+    return int(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common.http import make_app
-from cs.api import components, disks, jobs, register
+from cs.api import alerts, components, disks, jobs, register
 from cs.state import STATE, CSState
 
 
@@ -16,4 +16,5 @@ def build_app(state: CSState) -> web.Application:
     components.add_routes(app)
     disks.add_routes(app)
     jobs.add_routes(app)
+    alerts.add_routes(app)
     return app

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from common import errors, http
+from cs import alerts
 from cs.db import repo
 from cs.db.models import Component
 from cs.state import CSState, state_of
@@ -49,6 +50,7 @@ async def heartbeat(state: CSState, component_id: str, metrics: dict[str, Any]) 
         if comp is None:
             raise errors.Unauthorized(f"component {component_id} is not registered here")
         comp.last_heartbeat, comp.metrics = now, metrics
+        await alerts.observe(session, comp, metrics, now)
     return now
 
 

@@ -2,22 +2,32 @@
 
 Protection puts every unprotected disk of a machine on the PS and the MT with the fewest
 assigned disks, with generation 1, a fresh 32-byte key (epoch 1) and state ``enabling``.
+
+Resyncs: every generation a disk gets for a copy has one :class:`Resync` record with its reason
+(``initial`` at protection; the agent's or the admin's reason on ``POST .../resync``), start and
+end time and what the agent reported (mode, percent, bytes total / compared / sent). A newer
+generation supersedes a running record; the agent's ``protected`` for that generation ends it.
+Progress about an older generation than the disk's is ignored (a fenced pipeline's last words).
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import secrets
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
 from common import logging as dlog
 from cs import validate
 from cs.db import repo
-from cs.db.models import Component, Disk
+from cs.db.models import Component, Disk, Resync
 from cs.state import CSState
 
 log = dlog.get("drlab.cs.disks")
@@ -26,14 +36,79 @@ STATES = ("unprotected", "enabling", "initial-replication", "protected", "resync
           "resyncing", "failover-in-progress", "failed-over", "committed", "reprotecting", "failback",
           "failed-back")
 MAX_DISKS = 64
+# known reasons: initial, unclean-shutdown, ps-lost, user, verify, target, disk-resize (open-ended)
+REASON = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+RESYNC_MODES = ("", "copy", "checksum")
+MAX_HISTORY = 1000
 
 
-def disk_view(disk: Disk) -> dict[str, Any]:
+def disk_view(disk: Disk, last_resync: Resync | None = None) -> dict[str, Any]:
     """The admin's view of a disk (never its key)."""
     return {"disk_id": disk.disk_id, "machine_id": disk.machine_id, "name": disk.name,
             "size_bytes": disk.size_bytes, "generation": disk.generation, "ps_id": disk.ps_id,
             "mt_id": disk.mt_id, "state": disk.state, "percent": disk.percent,
-            "bytes_done": disk.bytes_done, "bytes_total": disk.bytes_total}
+            "bytes_done": disk.bytes_done, "bytes_total": disk.bytes_total,
+            "last_resync": resync_view(last_resync) if last_resync is not None else None}
+
+
+def resync_view(r: Resync) -> dict[str, Any]:
+    return {"resync_id": r.resync_id, "disk_id": r.disk_id, "generation": r.generation, "reason": r.reason,
+            "state": r.state, "started_ns": r.started_ns, "ended_ns": r.ended_ns, "mode": r.mode,
+            "percent": r.percent, "bytes_total": r.bytes_total, "bytes_compared": r.bytes_compared,
+            "bytes_sent": r.bytes_sent}
+
+
+def parse_reason(body: dict[str, Any], default: str) -> str:
+    if "reason" not in body:
+        return default
+    value = body.get("reason")
+    if not isinstance(value, str) or not REASON.match(value):
+        raise errors.BadRequest("reason must be 1-32 characters of [a-z0-9-], starting with a letter")
+    return value
+
+
+async def start_resync(session: AsyncSession, disk: Disk, reason: str) -> Resync:
+    """Record the resync of ``disk``'s current generation (superseding a running one)."""
+    now = time.time_ns()
+    rows = (await session.scalars(select(Resync).where(Resync.disk_id == disk.disk_id,
+                                                       Resync.state == "running"))).all()
+    for row in rows:
+        if row.generation != disk.generation:
+            row.state, row.ended_ns = "superseded", now
+    same = next((r for r in rows if r.generation == disk.generation), None)
+    if same is not None:
+        return same
+    record = Resync(resync_id=uuid.uuid4().hex, disk_id=disk.disk_id, generation=disk.generation, reason=reason,
+                    state="running", started_ns=now, ended_ns=None, mode="", percent=0.0,
+                    bytes_total=disk.size_bytes, bytes_compared=0, bytes_sent=0)
+    session.add(record)
+    return record
+
+
+async def latest_resyncs(session: AsyncSession, disk_ids: list[str] | None = None) -> dict[str, Resync]:
+    """The newest resync record of each disk (of ``disk_ids``, or all)."""
+    newest = select(Resync.disk_id, func.max(Resync.generation).label("gen")).group_by(Resync.disk_id)
+    if disk_ids is not None:
+        newest = newest.where(Resync.disk_id.in_(disk_ids))
+    sub = newest.subquery()
+    stmt = select(Resync).join(sub, (Resync.disk_id == sub.c.disk_id) & (Resync.generation == sub.c.gen))
+    return {r.disk_id: r for r in (await session.scalars(stmt)).all()}
+
+
+async def listing(state: CSState) -> list[dict[str, Any]]:
+    async with state.db.read() as session:
+        disks = list(await repo.disks(session))
+        last = await latest_resyncs(session)
+    return [disk_view(d, last.get(d.disk_id)) for d in disks]
+
+
+async def history(state: CSState, disk_id: str, limit: int) -> list[dict[str, Any]]:
+    """The disk's resyncs, newest first."""
+    async with state.db.read() as session:
+        if await session.get(Disk, disk_id) is None:
+            raise errors.NotFound(f"no disk {disk_id}")
+        stmt = (select(Resync).where(Resync.disk_id == disk_id).order_by(Resync.generation.desc()).limit(limit))
+        return [resync_view(r) for r in (await session.scalars(stmt)).all()]
 
 
 def parse_reported(body: dict[str, Any]) -> list[tuple[str, int]]:
@@ -52,7 +127,8 @@ def parse_reported(body: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 async def report(state: CSState, machine_id: str, reported: list[tuple[str, int]]) -> list[dict[str, str]]:
-    """Create the machine's new disks (ids are stable per (machine, name)); record size changes."""
+    """Create the machine's new disks (ids are stable per (machine, name)); record size changes (a
+    protected disk whose size changed is resynced, reason ``disk-resize``)."""
     async with state.change() as session:
         known = {d.name: d for d in await repo.disks(session, machine_id=machine_id)}
         for name, size in reported:
@@ -67,6 +143,8 @@ async def report(state: CSState, machine_id: str, reported: list[tuple[str, int]
             elif disk.size_bytes != size:
                 log.info("disk_resized", disk_id=disk.disk_id, old=disk.size_bytes, new=size)
                 disk.size_bytes = size
+                if disk.ps_id is not None:  # the replica must follow: a resync under a new generation
+                    await bump_for_resync(session, disk, "disk-resize")
     return [{"name": name, "disk_id": known[name].disk_id} for name, _ in reported]
 
 
@@ -79,29 +157,91 @@ async def own_disk(session: AsyncSession, disk_id: str, machine_id: str) -> Disk
     return disk
 
 
-def parse_progress(body: dict[str, Any]) -> tuple[str, float, int, int]:
+@dataclass(frozen=True)
+class Progress:
+    """An agent's progress report (``generation`` and the resync fields are optional)."""
+
+    state: str
+    percent: float
+    bytes_done: int
+    bytes_total: int
+    generation: int | None = None
+    reason: str = "unspecified"
+    mode: str = ""
+    bytes_compared: int = 0
+    bytes_sent: int = 0
+
+
+def parse_progress(body: dict[str, Any]) -> Progress:
     done = validate.integer(body, "bytes_done")
     total = validate.integer(body, "bytes_total")
-    return (validate.choice(body, "state", STATES), validate.number(body, "percent", low=0.0, high=100.0),
+    base = (validate.choice(body, "state", STATES), validate.number(body, "percent", low=0.0, high=100.0),
             done, total)
+    if "generation" not in body:
+        return Progress(*base)
+    return Progress(*base, generation=validate.integer(body, "generation", low=1),
+                    reason=parse_reason(body, "unspecified"),
+                    mode=validate.choice(body, "mode", RESYNC_MODES) if "mode" in body else "",
+                    bytes_compared=validate.integer(body, "bytes_compared") if "bytes_compared" in body else 0,
+                    bytes_sent=validate.integer(body, "bytes_sent") if "bytes_sent" in body else 0)
 
 
-async def progress(state: CSState, machine_id: str, disk_id: str, values: tuple[str, float, int, int]) -> None:
+async def progress(state: CSState, machine_id: str, disk_id: str, values: Progress) -> bool:
+    """Record a progress report; False when it is about an older generation (ignored)."""
     async with state.db.write() as session:
         disk = await own_disk(session, disk_id, machine_id)
-        disk.state, disk.percent, disk.bytes_done, disk.bytes_total = values
+        if values.generation is not None and values.generation != disk.generation:
+            return False
+        disk.state, disk.percent, disk.bytes_done, disk.bytes_total = (values.state, values.percent,
+                                                                       values.bytes_done, values.bytes_total)
+        if values.generation is not None:
+            await _note_resync(session, disk, values)
+    return True
 
 
-async def resync(state: CSState, machine_id: str, disk_id: str, reason: str) -> int:
+async def _note_resync(session: AsyncSession, disk: Disk, values: Progress) -> None:
+    record = (await session.scalars(select(Resync).where(Resync.disk_id == disk.disk_id,
+                                                         Resync.generation == disk.generation))).first()
+    if record is None:
+        record = await start_resync(session, disk, values.reason)
+    if record.state != "running":
+        return
+    if values.mode:
+        record.mode = values.mode
+    record.bytes_total = values.bytes_total
+    record.bytes_compared = max(record.bytes_compared, values.bytes_compared)
+    record.bytes_sent = max(record.bytes_sent, values.bytes_sent)
+    record.percent = values.percent
+    if values.state == "protected":
+        record.state, record.ended_ns, record.percent = "done", time.time_ns(), 100.0
+        log.info("resync_done", disk_id=disk.disk_id, generation=disk.generation, reason=record.reason,
+                 mode=record.mode, bytes_total=record.bytes_total, bytes_compared=record.bytes_compared,
+                 bytes_sent=record.bytes_sent, seconds=round((record.ended_ns - record.started_ns) / 1e9, 3))
+
+
+async def resync(state: CSState, machine_id: str | None, disk_id: str, reason: str) -> int:
+    """Bump the disk's generation for a resync (``machine_id`` None: the admin asks)."""
     async with state.change() as session:
-        disk = await own_disk(session, disk_id, machine_id)
-        if disk.ps_id is None:
-            raise errors.Conflict(f"disk {disk_id} is not protected")
-        disk.generation += 1
-        disk.state, disk.percent, disk.bytes_done = "resync", 0.0, 0
-        generation = disk.generation
-    log.info("resync", disk_id=disk_id, generation=generation, reason=reason)
+        if machine_id is None:
+            disk = await session.get(Disk, disk_id)
+            if disk is None:
+                raise errors.NotFound(f"no disk {disk_id}")
+        else:
+            disk = await own_disk(session, disk_id, machine_id)
+        generation = await bump_for_resync(session, disk, reason)
+    log.info("resync", disk_id=disk_id, generation=generation, reason=reason,
+             by="admin" if machine_id is None else "agent")
     return generation
+
+
+async def bump_for_resync(session: AsyncSession, disk: Disk, reason: str) -> int:
+    """A new generation for ``disk`` (in an open settings-changing transaction) and its record."""
+    if disk.ps_id is None:
+        raise errors.Conflict(f"disk {disk.disk_id} is not protected")
+    disk.generation += 1
+    disk.state, disk.percent, disk.bytes_done = "resync", 0.0, 0
+    await start_resync(session, disk, reason)
+    return disk.generation
 
 
 def _least_loaded(candidates: list[Component], load: dict[str, int], what: str) -> Component:
@@ -122,7 +262,9 @@ async def protect(state: CSState, machine_id: str) -> list[dict[str, Any]]:
         for disk in disks:
             if disk.ps_id is None:
                 _enable(disk, ps_id, mt_id)
-        views = [disk_view(d) for d in disks]
+                await start_resync(session, disk, "initial")
+        last = await latest_resyncs(session, [d.disk_id for d in disks])
+        views = [disk_view(d, last.get(d.disk_id)) for d in disks]
     log.info("protected", machine_id=machine_id, ps_id=ps_id, mt_id=mt_id,
              disks=[v["disk_id"] for v in views])
     return views

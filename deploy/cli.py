@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,101 @@ def cmd_failover(args: argparse.Namespace) -> int:
     return 0 if job.get("state") == "succeeded" else 1
 
 
+def _admin_api(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
+    """Call raw admin routes (``fn`` gets a common.http.ApiClient with the admin certificate)."""
+    from common.http import ApiClient
+
+    lab = _lab(args)
+    files = tls.IdentityFiles(Path(args.admin_dir)) if args.admin_dir else lab.admin_files
+    url = args.cs_url or lab.topology.cs_url
+
+    async def go() -> Any:
+        api = ApiClient(url, tls.client_context(files))
+        try:
+            return await fn(api)
+        finally:
+            await api.close()
+
+    return asyncio.run(go())
+
+
+def cmd_disk_resync(args: argparse.Namespace) -> int:
+    out = _admin_api(args, lambda api: api.post(f"/v1/disks/{args.disk_id}/resync", {"reason": args.reason}))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"disk {args.disk_id}: resync ({args.reason}) under generation {out['generation']}")
+    return 0
+
+
+def cmd_disk_resyncs(args: argparse.Namespace) -> int:
+    reply = _admin_api(args, lambda api: api.get(f"/v1/disks/{args.disk_id}/resyncs", params={"limit": args.limit}))
+    return _print_items(args, list(reply["items"]), ["generation", "reason", "state", "mode", "percent",
+                                                     "bytes_total", "bytes_compared", "bytes_sent", "started_ns",
+                                                     "ended_ns"])
+
+
+def cmd_disk_verify(args: argparse.Namespace) -> int:
+    """Start an online verify (or show the last one); with --wait, exit 1 if blocks differ."""
+    base = f"/v1/disks/{args.disk_id}/verify"
+
+    async def go(api: Any) -> Any:
+        if args.last:
+            return await api.get(base)
+        v = await api.post(base, {"block_bytes": args.block_bytes, "repair": args.repair})
+        deadline = time.monotonic() + args.timeout_s
+        while args.wait and v["state"] not in ("succeeded", "failed"):
+            if time.monotonic() >= deadline:
+                raise errors.Unavailable(f"verify {v['verify_id']} still {v['state']} after {args.timeout_s:.0f} s")
+            await asyncio.sleep(0.5)
+            v = await api.get(f"{base}/{v['verify_id']}")
+        return v
+
+    v = _admin_api(args, go)
+    result = v.get("result") or {}
+    if args.json:
+        print(json.dumps(v, indent=2))
+    elif v["state"] == "succeeded":
+        print(f"verify {v['verify_id']}: {result['blocks_compared']} blocks of {result['block_bytes']} bytes "
+              f"compared, {len(result['differing'])} differ, {len(result['unsettled'])} unsettled"
+              + (f"; differing offsets: {result['differing'][:32]}" if result["differing"] else "")
+              + (f"; repair under generation {result['repair_generation']}" if "repair_generation" in result else ""))
+    else:
+        print(f"verify {v['verify_id']}: {v['state']}" + (f" ({v['error']})" if v.get("error") else ""))
+    if v["state"] == "failed":
+        return 1
+    return 1 if result.get("differing") else 0
+
+
+def _ns_time(ns: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9)) if isinstance(ns, int) else "-"
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Open alerts (``--all``: cleared ones too), newest first, following the pages up to ``--limit``."""
+
+    async def go(api: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": min(args.limit, 1000)} | ({} if args.all else {"active": 1})
+        while len(items) < args.limit:
+            page = await api.get("/v1/alerts", params=params)
+            items += page["items"]
+            if page["next"] is None:
+                break
+            params["before"] = page["next"]
+        return items[:args.limit]
+
+    items = _admin_api(args, go)
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    print(report.table(["id", "severity", "code", "source", "disk", "raised", "cleared", "message"],
+                       [[a["alert_id"], a["severity"], a["code"], a.get("source_host") or a["source_id"],
+                         a["disk_id"] or "-", _ns_time(a["raised_ns"]), _ns_time(a["cleared_ns"]), a["message"]]
+                        for a in items]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="drlab", description="drlab: continuous block-level disaster recovery")
     p.add_argument("--topology", default=str(DEFAULT_TOPOLOGY), help="lab topology file")
@@ -189,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("components", help="registered components").set_defaults(func=cmd_components)
     sub.add_parser("disks", help="disks and their replication state").set_defaults(func=cmd_disks)
+    al = sub.add_parser("alerts", help="open alerts, newest first (--all: cleared ones too)")
+    al.add_argument("--all", action="store_true", help="cleared alerts too")
+    al.add_argument("--limit", type=int, default=100)
+    al.set_defaults(func=cmd_alerts)
     pr = sub.add_parser("protect", help="enable protection of a machine's disks")
     pr.add_argument("machine_id")
     pr.set_defaults(func=cmd_protect)
@@ -197,6 +297,25 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--point", default="latest", help="latest | latest-processed | TIME_NS")
     fo.add_argument("--timeout-s", type=float, default=300.0)
     fo.set_defaults(func=cmd_failover)
+
+    disk = sub.add_parser("disk", help="one disk: resync, resync history, online verify")
+    dsub = disk.add_subparsers(dest="disk_command", required=True)
+    rs = dsub.add_parser("resync", help="resync a disk (a new generation; only differing blocks travel)")
+    rs.add_argument("disk_id")
+    rs.add_argument("--reason", default="user")
+    rs.set_defaults(func=cmd_disk_resync)
+    hist = dsub.add_parser("resyncs", help="the disk's resyncs, newest first")
+    hist.add_argument("disk_id")
+    hist.add_argument("--limit", type=int, default=20)
+    hist.set_defaults(func=cmd_disk_resyncs)
+    ver = dsub.add_parser("verify", help="compare the disk with its replica without stopping replication")
+    ver.add_argument("disk_id")
+    ver.add_argument("--wait", action="store_true", help="wait for the result (exit 1 if blocks differ)")
+    ver.add_argument("--repair", action="store_true", help="resync (reason verify) if blocks differ")
+    ver.add_argument("--block-bytes", type=int, default=1 << 20)
+    ver.add_argument("--timeout-s", type=float, default=600.0)
+    ver.add_argument("--last", action="store_true", help="show the last verify instead of starting one")
+    ver.set_defaults(func=cmd_disk_verify)
     return p
 
 

@@ -99,7 +99,7 @@ class Lab:
                     "log_file": str(cfg.log_file)}
         data = self._component_config(node)
         if node.role == "ps":
-            data.update(listen_host=node.address, data_port=node.ports["data"])
+            data.update(listen_host=node.address, data_port=node.ports["data"], **node.config)
         elif node.role == "mt":
             data.update(listen_host=node.address, data_port=node.ports["data"],
                         control_port=node.ports["control"])

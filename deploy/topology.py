@@ -28,6 +28,7 @@ class Node:
     address: str
     ports: dict[str, int] = field(default_factory=dict)
     disks: tuple[DiskSpec, ...] = ()
+    config: dict[str, Any] = field(default_factory=dict)  # extra keys of the daemon's config file
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,16 @@ def _nbd_ports(machine: dict[str, Any]) -> dict[str, int]:
     return {"nbd": int(machine["nbd_port"])}
 
 
+def _ps_config(ps: dict[str, Any]) -> dict[str, Any]:
+    """``cache_mib = N`` on a PS: its cache holds at most N MiB (a small cache throttles early)."""
+    if "cache_mib" not in ps:
+        return {}
+    mib = int(ps["cache_mib"])
+    if mib < 1:
+        raise ConfigError(f"PS {ps.get('name')}: cache_mib must be >= 1, not {mib}")
+    return {"cache_max_bytes": mib * MiB}
+
+
 def load(path: Path = DEFAULT_TOPOLOGY) -> Topology:
     try:
         raw: dict[str, Any] = tomllib.loads(Path(path).read_text())
@@ -76,7 +87,8 @@ def load(path: Path = DEFAULT_TOPOLOGY) -> Topology:
         mts = tuple(Node(m["name"], "mt", m["address"], {"data": int(m.get("data_port", 9443)),
                                                            "control": int(m.get("control_port", 9080))})
                     for m in cloud.get("mt", []))
-        pss = tuple(Node(p["name"], "ps", p["address"], {"data": int(p.get("data_port", 9443))})
+        pss = tuple(Node(p["name"], "ps", p["address"], {"data": int(p.get("data_port", 9443))},
+                         config=_ps_config(p))
                     for p in onprem.get("ps", []))
         machines = tuple(Node(m["name"], "agent", str(m.get("address", "127.0.0.1")), _nbd_ports(m),
                               tuple(DiskSpec(d["name"], int(d["size_mib"]) * MiB) for d in m.get("disks", [])))

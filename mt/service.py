@@ -20,7 +20,7 @@ from common import logging as dlog
 from common.config import MTConfig
 from common.daemon import bind_socket
 from common.http import ApiClient
-from mt import metrics
+from mt import hashapi, metrics
 from mt.apply import DiskStore
 from mt.catalog import Catalog
 from mt.ingest import IngestContext, build_control_app, build_data_app
@@ -70,7 +70,8 @@ class MTService:
                               max_backoff_s=cfg.retry_max_backoff_s)
         ctx = IngestContext(cfg, self.registry, self.workers, self._executor)
         ssl_ctx = tls.server_context(files)
-        for app, sock in ((build_data_app(ctx), self._socks[0]), (build_control_app(ctx), self._socks[1])):
+        data_app = hashapi.install(build_data_app(ctx))  # + GET /v1/disks/{disk}/hashes
+        for app, sock in ((data_app, self._socks[0]), (build_control_app(ctx), self._socks[1])):
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
             await runner.setup()
             await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()

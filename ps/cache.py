@@ -10,7 +10,14 @@ Rules:
 - The in-memory index ``{(gen, seq): Entry}`` per disk is rebuilt from the directory at load.
 - Storing an identity that is already cached (or was recently uploaded) with the same checksum
   is a no-op; with another checksum it is :class:`ChecksumMismatch`. Nothing is written then.
-- A store that would take the cache above ``max_bytes`` is refused with :class:`Throttled`.
+- A NEW batch is refused with :class:`Throttled` (507 + Retry-After) while the throttle
+  (ps/throttle.py) holds for its disk or the whole cache, and whenever it does not fit now: above
+  what ``max_bytes`` leaves or what the filesystem has free (``cache_full``; ENOSPC while writing
+  is the same; a batch larger than the whole cache stays ``cache_full`` — the message says so —
+  since the limit may grow). A re-send of a batch already held is answered before any of this.
+- The throttle is re-evaluated before each new batch, after each store and after each delete (so
+  it lifts as the uploader drains); the filesystem's free space is sampled at most every
+  ``fs_check_s``. Starts and stops are logged with their reason.
 - A file is deleted only after the MT's durable receipt (the uploader calls :meth:`delete`).
   A delete that a crash undoes only causes an idempotent re-upload.
 
@@ -21,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import errno
 import os
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -33,13 +42,13 @@ from typing import Any
 from common import errors
 from common import logging as dlog
 from common.wire import batch as wbatch
+from ps.throttle import CACHE, CACHE_FULL, Change, Sample, Throttle, ThrottlePolicy
 
 log = dlog.get("drlab.ps.cache")
 
 SUFFIX = ".batch"
 TMP_SUFFIX = ".tmp"
 RECENT_DONE = 4096
-THROTTLE_RETRY_S = 1.0
 
 Key = tuple[int, int]
 
@@ -125,14 +134,27 @@ class DiskIndex:
         return entry.checksum if entry is not None else self.done.get(key)
 
 
+def statvfs_free(path: Path) -> int:
+    """Bytes of the filesystem holding ``path`` that this process may still use."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 class BatchCache:
-    def __init__(self, root: Path, max_bytes: int, executor: Executor | None = None) -> None:
+    def __init__(self, root: Path, max_bytes: int, executor: Executor | None = None, *,
+                 policy: ThrottlePolicy | None = None, fs_free: Callable[[], int] | None = None,
+                 fs_check_s: float = 1.0) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self._executor = executor
         self._disks: dict[str, DiskIndex] = {}
         self._reserved = 0
         self._inflight: dict[tuple[str, int, int], asyncio.Future[None]] = {}
+        self.throttle = Throttle(policy or ThrottlePolicy())
+        self.refused_total = 0  # 507s answered, whatever the reason
+        self._fs_free_fn = fs_free or (lambda: statvfs_free(self.root))
+        self._fs_check_s = fs_check_s
+        self._fs_free = (0, -float("inf"))  # (bytes, monotonic time sampled)
 
     def __repr__(self) -> str:
         return f"BatchCache({self.root}, used={self.used_bytes}, max={self.max_bytes})"
@@ -175,7 +197,8 @@ class BatchCache:
 
     @property
     def free_fraction(self) -> float:
-        return max(0.0, 1.0 - self.used_bytes / self.max_bytes) if self.max_bytes > 0 else 0.0
+        """Free share of the cache's capacity (limit and filesystem both counted)."""
+        return self.sample().free_pct / 100.0
 
     def disks(self) -> list[str]:
         return sorted(self._disks)
@@ -200,6 +223,51 @@ class BatchCache:
         """The cached bytes of a batch (blocking: call in a worker thread)."""
         return self.path(disk_id, entry.gen, entry.seq).read_bytes()
 
+    # -- throttle ------------------------------------------------------------------------------
+
+    def fs_free_bytes(self, fresh: bool = False) -> int:
+        """The filesystem's free bytes, sampled at most every ``fs_check_s`` unless ``fresh``."""
+        value, at = self._fs_free
+        if fresh or time.monotonic() - at >= self._fs_check_s:
+            try:
+                value = int(self._fs_free_fn())
+            except OSError as exc:
+                log.warning("cache_statvfs_failed", error=str(exc))
+                value = self.max_bytes
+            self._fs_free = (value, time.monotonic())
+        return value
+
+    def sample(self, fresh: bool = False) -> Sample:
+        return Sample(self.used_bytes + self._reserved, self.max_bytes, self.fs_free_bytes(fresh),
+                      {d: i.bytes for d, i in self._disks.items()})
+
+    def refresh_throttle(self, fresh: bool = False) -> None:
+        """Re-evaluate the throttle now; log what started or stopped."""
+        for change in self.throttle.update(self.sample(fresh), time.time_ns()):
+            log_change(change)
+
+    def throttle_metrics(self) -> dict[str, Any]:
+        self.refresh_throttle()
+        return {**self.throttle.metrics(), "refusals_total": self.refused_total}
+
+    def _admit(self, disk_id: str, size: int) -> None:
+        """Raise Throttled if a new batch of ``size`` bytes for ``disk_id`` must wait."""
+        self.refresh_throttle()
+        why = self.throttle.refusal(disk_id)
+        if why is None:
+            sample = self.throttle.last or self.sample()
+            if size > sample.free_bytes:
+                sample = self.sample(fresh=True)  # look at the filesystem again before refusing
+            if size > sample.free_bytes:
+                why = (f"{CACHE_FULL}: a batch of {size} bytes does not fit ({sample.used_bytes} bytes used of "
+                       f"{sample.max_bytes}, {sample.fs_free_bytes} free on the filesystem)")
+                if size > self.max_bytes:
+                    why += "; it is larger than the whole cache: cut smaller batches or give this cache more room"
+        if why is not None:
+            self.refused_total += 1
+            raise errors.Throttled(why, retry_after_s=self.throttle.policy.retry_after_s)
+        self._reserved += size
+
     # -- changes -------------------------------------------------------------------------------
 
     async def store(self, disk_id: str, gen: int, seq: int, data: bytes) -> bool:
@@ -210,7 +278,7 @@ class BatchCache:
         checksum = wbatch.checksum(data)
         if self._already_have(disk_id, (gen, seq), checksum):
             return False
-        self._reserve(len(data))
+        self._admit(disk_id, len(data))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[ident] = done
         # Shielded: once the write started, the index follows the file even if the caller goes away.
@@ -222,10 +290,17 @@ class BatchCache:
         try:
             await self._run(write_durable, self.root / disk_id, file_name(entry.gen, entry.seq), data)
             self._disks.setdefault(disk_id, DiskIndex()).add(entry)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            self.refused_total += 1
+            raise errors.Throttled(f"{CACHE_FULL}: the cache's filesystem is full",
+                                   retry_after_s=self.throttle.policy.retry_after_s) from exc
         finally:
             self._reserved -= entry.size
             del self._inflight[ident]
             done.set_result(None)
+        self.refresh_throttle()
 
     def _already_have(self, disk_id: str, key: Key, checksum: bytes) -> bool:
         index = self._disks.get(disk_id)
@@ -236,18 +311,24 @@ class BatchCache:
             raise errors.ChecksumMismatch(f"batch {key[0]}/{key[1]} was already received with another checksum")
         return True
 
-    def _reserve(self, size: int) -> None:
-        if self.used_bytes + self._reserved + size > self.max_bytes:
-            raise errors.Throttled(f"cache full ({self.used_bytes} of {self.max_bytes} bytes used)",
-                                   retry_after_s=THROTTLE_RETRY_S)
-        self._reserved += size
-
     async def delete(self, disk_id: str, gen: int, seq: int) -> None:
         """Forget a batch the MT holds durably (or that a newer generation superseded)."""
         index = self._disks.get(disk_id)
         if index is None or index.remove((gen, seq)) is None:
             return
         await self._run(self.path(disk_id, gen, seq).unlink, True)
+        self.refresh_throttle()
 
     async def _run(self, fn: Callable[..., object], *args: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+def log_change(change: Change) -> None:
+    what = "free_pct" if change.scope == CACHE else "backlog_bytes"
+    value = round(change.value, 2) if change.scope == CACHE else int(change.value)
+    if change.started:
+        log.warning("throttle_started", scope=change.scope, reason=change.reason, **{what: value},
+                    limit=change.limit)
+    else:
+        log.info("throttle_stopped", scope=change.scope, reason=change.reason, **{what: value},
+                 limit=change.limit, lasted_s=round(change.lasted_ns / 1e9, 3))

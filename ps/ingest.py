@@ -2,8 +2,10 @@
 
 Order of checks for a PUT: certificate and role (middleware + agent role) -> the disk is served
 here and belongs to the caller's machine (404 / 403) -> generation not stale (409) -> body size
-(413) -> full batch validation and header == URL (400) -> durable store (409 checksum mismatch,
-507 cache full) -> 201 (200 for an idempotent re-send).
+(413) -> full batch validation and header == URL (400) -> durable store: 200 for an idempotent
+re-send (even while throttled), 409 checksum mismatch, 507 ``throttled`` with Retry-After for a new
+batch while the cache or the disk is throttled or the batch does not fit (ps/cache.py,
+ps/throttle.py) -> 201.
 """
 
 from __future__ import annotations
@@ -120,9 +122,14 @@ def status_of(ctx: IngestContext, disk_id: str) -> dict[str, Any]:
     received, applied = progress.mt_of(gen)
     batches, nbytes = ctx.cache.backlog(disk_id)
     held_from = next((e.seq for e in ctx.cache.pending(disk_id) if e.gen == gen), 0)
+    throttle = ctx.cache.throttle
+    disk_state = throttle.disks.get(disk_id)
+    reason = throttle.cache.reason if throttle.cache.active else (
+        disk_state.reason if disk_state is not None and disk_state.active else "")
     return {"generation": gen, "ps_durable": progress.ps_durable if progress.ps_gen == gen else 0,
             "mt_received": received, "mt_applied": applied, "backlog_batches": batches,
-            "backlog_bytes": nbytes, "held_from": held_from}
+            "backlog_bytes": nbytes, "held_from": held_from, "throttled": bool(reason),
+            "throttle_reason": reason}
 
 
 async def get_status(request: web.Request) -> web.Response:

@@ -20,9 +20,11 @@ from common import logging as dlog
 from common.config import PSConfig
 from common.daemon import bind_socket
 from common.http import ApiClient
+from ps import hashproxy
 from ps.cache import BatchCache
 from ps.ingest import IngestContext, build_app
 from ps.state import Registry
+from ps.throttle import ThrottlePolicy
 from ps.uploader import POLL_INTERVAL_S, Clients, SealerBook, Uploaders
 
 log = dlog.get("drlab.ps")
@@ -63,7 +65,8 @@ class PSService:
             raise
         self.component_id = str(files.read_meta()["component_id"])
         self._executor = ThreadPoolExecutor(max(1, cfg.upload_threads), thread_name_prefix="ps-work")
-        self.cache = BatchCache(cfg.data_dir / "cache", cfg.cache_max_bytes, self._executor)
+        self.cache = BatchCache(cfg.data_dir / "cache", cfg.cache_max_bytes, self._executor,
+                                policy=ThrottlePolicy.from_config(cfg), fs_check_s=cfg.cache_fs_check_interval_s)
         await asyncio.get_running_loop().run_in_executor(self._executor, self.cache.load)
         self._rebuild_progress(self.cache)
         self._clients = Clients(lambda url: ApiClient(url, tls.client_context(files),
@@ -79,7 +82,8 @@ class PSService:
                  cached_batches=self.cache.total_batches)
 
     async def _serve(self, files: tls.IdentityFiles, ctx: IngestContext) -> None:
-        self._runner = web.AppRunner(build_app(ctx), access_log=None, shutdown_timeout=2.0)
+        self._runner = web.AppRunner(hashproxy.install(build_app(ctx), self._clients), access_log=None,
+                                     shutdown_timeout=2.0)
         await self._runner.setup()
         assert self._sock is not None
         site = web.SockSite(self._runner, self._sock, ssl_context=tls.server_context(files))
@@ -125,7 +129,10 @@ class PSService:
                 log.info("settings_refresh_failed", error=exc.message)
 
     def metrics(self) -> dict[str, Any]:
+        """Heartbeat metrics: cache use and free space, the throttle (cache-wide under ``throttle``,
+        per disk under ``disks.{id}.throttle``: active, reason, since_ns, refusals) and per-disk progress."""
         cache = self.cache
+        throttle = cache.throttle_metrics() if cache else {}
         disks: dict[str, Any] = {}
         for disk_id in sorted(set(self.registry.disks) | set(cache.disks() if cache else [])):
             batches, nbytes = cache.backlog(disk_id) if cache else (0, 0)
@@ -133,9 +140,11 @@ class PSService:
             disks[disk_id] = {"backlog_batches": batches, "backlog_bytes": nbytes, "ps_durable": p.ps_durable,
                               "mt_received": p.mt_received, "mt_applied": p.mt_applied,
                               "uploaded_bytes": p.uploaded_bytes, "uploaded_batches": p.uploaded_batches}
+            if cache:
+                disks[disk_id]["throttle"] = cache.throttle.disk_metrics(disk_id)
         used = cache.used_bytes if cache else 0
         return {"cache_used_bytes": used, "cache_max_bytes": self.cfg.cache_max_bytes,
-                "cache_free_pct": round(100.0 * cache.free_fraction, 2) if cache else 100.0,
+                "cache_free_pct": throttle.get("free_pct", 100.0), "throttle": throttle,
                 "uploaded_bytes": sum(d["uploaded_bytes"] for d in disks.values()), "disks": disks}
 
     async def stop(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -93,3 +93,66 @@ class Job(Base):
 
     def __repr__(self) -> str:
         return f"Job({self.job_id}, {self.kind}, {self.state})"
+
+
+class Resync(Base):
+    """One resync of a disk: one per (disk, generation) started for a reason, with its progress."""
+
+    __tablename__ = "resyncs"
+    __table_args__ = (UniqueConstraint("disk_id", "generation"),)
+    resync_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    disk_id: Mapped[str] = mapped_column(String(32), index=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))  # running, done, superseded
+    started_ns: Mapped[int] = mapped_column(BigInteger)
+    ended_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    mode: Mapped[str] = mapped_column(String(16), default="")  # copy | checksum, as the agent reports
+    percent: Mapped[float] = mapped_column(Float, default=0.0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_compared: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    def __repr__(self) -> str:
+        return f"Resync({self.disk_id}, gen={self.generation}, {self.reason}, {self.state})"
+
+
+class Verify(Base):
+    """An online verify of a disk: requested by an admin, run by the agent, result posted back."""
+
+    __tablename__ = "verifies"
+    verify_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    disk_id: Mapped[str] = mapped_column(String(32), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued, running, succeeded, failed
+    block_bytes: Mapped[int] = mapped_column(BigInteger)
+    repair: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)  # the one the agent compared under
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    def __repr__(self) -> str:
+        return f"Verify({self.verify_id}, {self.disk_id}, {self.state})"
+
+
+class Alert(Base):
+    """A health alert raised by a rule of cs/alerts.py: open while ``cleared_ns`` is null. At most one
+    open alert per (code, source, disk) — the partial unique index holds it even across CS processes."""
+
+    __tablename__ = "alerts"
+    alert_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(String(32), index=True)
+    severity: Mapped[str] = mapped_column(String(16))  # warning | critical
+    source_id: Mapped[str] = mapped_column(String(32), index=True)  # the component the condition is about
+    disk_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    message: Mapped[str] = mapped_column(Text)
+    raised_ns: Mapped[int] = mapped_column(BigInteger)
+    cleared_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+
+    def __repr__(self) -> str:
+        return f"Alert({self.alert_id}, {self.code}, {self.source_id}, disk={self.disk_id}, cleared={self.cleared_ns})"
+
+
+Index("uq_alerts_open", Alert.code, Alert.source_id, func.coalesce(Alert.disk_id, ""), unique=True,
+      sqlite_where=Alert.cleared_ns.is_(None), postgresql_where=Alert.cleared_ns.is_(None))

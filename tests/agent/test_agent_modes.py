@@ -189,3 +189,19 @@ def test_a_bookmark_cuts_every_disk_at_one_boundary_even_idle_ones() -> None:
     assert decoded.tags == [b"app:nightly"] and decoded.records == []
     t.record_write(0, 2, 0, b"b", 20)
     assert [x.tags for x in b.cut_all(30)] == [[]]  # a tag goes out once
+
+
+def test_no_metadata_cut_outgrows_the_batch_bound_the_rest_goes_to_the_bitmap() -> None:
+    d = Disk(drain=16 * 1024)
+    d.write(0, b"a")
+    d.cut()
+    d.tracker.set_mode(0, TrackMode.METADATA)
+    for i in range(10):
+        d.write(i * 20000, bytes([i + 1]) * 9000)  # 90 KB of regions, far above one 16 KiB batch
+    out = d.cut()
+    assert d.tracker.mode(0) is TrackMode.BITMAP
+    assert out[0].mode == wb.Mode.BITMAP and out[0].flags & wb.Flags.RESYNC_START
+    while not d.batches[-1].flags & wb.Flags.RESYNC_DONE:
+        d.cut()
+    assert max(wb.total_data_bytes(b) for b in d.batches) <= 16 * 1024
+    assert replay(d.batches) == d.image

@@ -23,8 +23,7 @@ ADMIN_ONLY = [
     ("GET", "/v1/components"), ("GET", "/v1/disks"), ("POST", f"/v1/machines/{ID}/protect"),
     ("POST", f"/v1/disks/{ID}/failover"), ("GET", f"/v1/jobs/{ID}"),
 ]
-AGENT_ONLY = [("PUT", "/v1/machines/self/disks"), ("POST", f"/v1/disks/{ID}/progress"),
-              ("POST", f"/v1/disks/{ID}/resync")]
+AGENT_ONLY = [("PUT", "/v1/machines/self/disks"), ("POST", f"/v1/disks/{ID}/progress")]  # resync: agent or admin
 
 
 @pytest.fixture

@@ -1,0 +1,43 @@
+"""Alerts for the admin: ``GET /v1/alerts?active=1&limit=N&before=CURSOR`` -> ``{items, next}``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common import errors, http
+from cs import alerts
+from cs.state import state_of
+
+QUERY = ("active", "limit", "before")
+
+
+def _flag(text: str | None) -> bool | None:
+    if text is None:
+        return None
+    if text not in ("0", "1"):
+        raise errors.BadRequest("active must be 1 (open alerts) or 0 (cleared ones)")
+    return text == "1"
+
+
+def _int(text: str | None, what: str, default: int | None, high: int) -> int | None:
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= high:
+        raise errors.BadRequest(f"{what} must be an integer in [1, {high}]")
+    return int(text)
+
+
+async def get_alerts(request: web.Request) -> web.Response:
+    http.require_role(request, "admin")
+    unknown = sorted(set(request.query) - set(QUERY))
+    if unknown:
+        raise errors.BadRequest(f"unknown query parameter {unknown[0][:64]!r}; known: {', '.join(QUERY)}")
+    active = _flag(request.query.get("active"))
+    limit = _int(request.query.get("limit"), "limit", 100, alerts.MAX_PAGE)
+    before = _int(request.query.get("before"), "before", None, 2**63 - 1)
+    assert limit is not None
+    return web.json_response(await alerts.listing(state_of(request), active=active, limit=limit, before=before))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/alerts", get_alerts)
