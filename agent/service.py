@@ -15,6 +15,7 @@ from typing import Any
 from agent.actlog import FILE_NAME as ACTLOG_FILE
 from agent.actlog import PINNED, ActivityLog
 from agent.blockserver import BlockServer
+from agent.bookmarks import BookmarkAgent
 from agent.disk import DiskImage
 from agent.nbd import NbdServer
 from agent.progress import ProgressReporter
@@ -44,6 +45,7 @@ class AgentService:
         self.blockserver: BlockServer | None = None
         self.nbd: NbdServer | None = None  # the NBD export on loopback, when cfg.nbd_enabled
         self.progress: ProgressReporter | None = None
+        self.bookmarks: BookmarkAgent | None = None  # crash / app-consistent tags, group bookmarks
         self._settings_lock = asyncio.Lock()
         self.actlog: ActivityLog | None = None
         self._ps_lost_task: asyncio.Task[None] | None = None
@@ -90,6 +92,8 @@ class AgentService:
             await self.nbd.start()
 
     async def stop(self) -> None:
+        if self.bookmarks is not None:  # first: a freeze in progress is released
+            await self.bookmarks.stop()
         if self.nbd is not None:
             await self.nbd.stop()
         if self.blockserver is not None:
@@ -236,6 +240,13 @@ class AgentService:
         self._settings_applied.set()
         if self.progress is not None:
             self.progress.wake()
+        if self.bookmarks is None and self.replicator is not None and self.control is not None:
+            cs = self.control.cs
+            self.bookmarks = BookmarkAgent(self.cfg, self.replicator,
+                                           lambda bid, body: cs.post(f"/v1/bookmarks/{bid}/report", body))
+            self.bookmarks.start()
+        if self.bookmarks is not None:
+            self.bookmarks.on_settings(document)  # bookmark requests of the CS (agent/bookmarks.py)
 
     async def _apply_disk(self, index: int, name: str, entry: dict[str, Any] | None) -> None:
         assert self.replicator is not None

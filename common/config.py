@@ -55,6 +55,10 @@ class CSConfig:
     heartbeat_timeout_s: float = 900.0  # 15 minutes, as documented
     cert_validity_days: int = 365
     log_file: Path | None = None
+    # bookmarks (cs/bookmarks.py): a group bookmark aborts unless every member froze within its timeout
+    bookmark_timeout_s: float = 30.0  # the default; a request may ask for 0.1 .. bookmark_max_timeout_s
+    bookmark_max_timeout_s: float = 600.0
+    bookmark_sweep_interval_s: float = 0.2  # how often bookmarks past their deadline are aborted
 
     def database_url(self) -> str:
         return self.db_url or f"sqlite+aiosqlite:///{self.data_dir / 'cs.db'}"
@@ -128,6 +132,13 @@ class AgentConfig(ComponentConfig):
     nbd_port: int = NBD_PORT
     nbd_max_request_bytes: int = 32 * MiB  # the largest NBD READ / WRITE served
     nbd_handshake_timeout_s: float = 30.0  # a client must finish option negotiation within this
+    # bookmarks (agent/bookmarks.py): hooks are argv lists run without a shell (empty: none)
+    pre_freeze_hook: list[str] = field(default_factory=list)  # quiesces the application; exit 0 = ready
+    post_thaw_hook: list[str] = field(default_factory=list)  # resumes it (run whenever pre-freeze ran)
+    hook_timeout_s: float = 30.0  # a hook still running then is killed and its bookmark aborted
+    freeze_timeout_s: float = 10.0  # writes are never held longer than this
+    app_consistent_interval_s: float = 3600.0  # local app-consistent bookmarks (0: none)
+    crash_consistent_interval_s: float = 300.0  # local crash-consistent tags (0: none)
 
     def __post_init__(self) -> None:
         if not is_loopback(self.nbd_listen_host):
@@ -141,6 +152,10 @@ class AgentConfig(ComponentConfig):
         if block & (block - 1) or not 4096 <= block <= 64 * MiB or self.hash_request_bytes < block:
             raise ConfigError(f"hash_block_bytes {block} must be a power of two in [4096, 64 MiB] and at most "
                               f"hash_request_bytes {self.hash_request_bytes}")
+        if self.hook_timeout_s <= 0 or self.freeze_timeout_s <= 0:
+            raise ConfigError("hook_timeout_s and freeze_timeout_s must be > 0")
+        if self.app_consistent_interval_s < 0 or self.crash_consistent_interval_s < 0:
+            raise ConfigError("app_consistent_interval_s and crash_consistent_interval_s must be >= 0 (0: off)")
 
 
 def is_loopback(host: str) -> bool:

@@ -5,6 +5,11 @@ workload) with wnum <= wnum_hi, and each write *in doubt* (the agent was killed 
 answered) either wholly or not at all (docs/PROTOCOL.md, "Recovery point semantics"). The expected
 image is those writes applied in wnum order to a zero disk, their data regenerated from the
 log's seed and profile (common.datagen). An image is right only if it equals that byte for byte.
+
+A machine point (several disks, one write counter) is checked at one W: every disk's image must
+be the image of that disk's logged writes <= W (:func:`verify_machine`). Per-disk points taken
+independently are one machine state only if no disk wrote between its own point and the newest of
+them (:func:`machine_consistency`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +165,69 @@ def _compare_with_doubts(index: LogIndex, disk_index: int, size_bytes: int, wnum
         if fd >= 0:
             os.close(fd)
         os.unlink(tmp)
+
+
+@dataclass(frozen=True)
+class DiskImage:
+    """One disk of a machine point: its index in the write log, name, size and failed-over image."""
+
+    index: int
+    name: str
+    size_bytes: int
+    image_path: Path
+
+
+@dataclass(frozen=True)
+class MachineVerifyResult:
+    wnum: int
+    disks: dict[str, VerifyResult]  # by disk name
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.disks) and all(r.ok for r in self.disks.values())
+
+    def report(self) -> str:
+        """One line per disk: byte-exact with how many writes, or where it first differs."""
+        lines = [f"machine point W={self.wnum}: {'every disk byte-exact' if self.ok else 'MISMATCH'}"]
+        for name, res in self.disks.items():
+            state = "byte-exact" if res.ok else "MISMATCH " + res.detail
+            lines.append(f"  {name}: {state} ({res.writes_applied} writes <= {res.wnum_hi}, "
+                         f"{res.bytes_compared} bytes compared, {res.seconds:.2f} s)")
+        return "\n".join(lines)
+
+
+def verify_machine(log_path: Path, disks: Sequence[DiskImage], wnum: int) -> MachineVerifyResult:
+    """Every disk's image against the machine's write log at the same ``wnum``."""
+    return MachineVerifyResult(wnum, {d.name: verify(log_path, d.index, d.size_bytes, wnum, d.image_path)
+                                      for d in disks})
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """Whether per-disk points (disk index -> wnum_hi) are one machine state, and why not."""
+
+    ok: bool
+    wnum: int  # the newest of the points: the W they would have to share
+    stray: dict[int, list[int]]  # disk index -> its writes in (its point, wnum]: what its image lacks
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"one machine state at W={self.wnum}"
+        return "; ".join(f"disk {d} lacks writes {w[0]}..{w[-1]} ({len(w)}) of W={self.wnum}"
+                         for d, w in sorted(self.stray.items()))
+
+
+def machine_consistency(log_path: Path, points: Mapping[int, int]) -> Consistency:
+    """Are the disks' images at their own ``wnum_hi`` one machine state? Only if no disk has a
+    logged write between its point and the newest point's W."""
+    index = LogIndex.load(Path(log_path))
+    top = max(points.values(), default=0)
+    stray: dict[int, list[int]] = {}
+    for disk, wnum_hi in points.items():
+        late = [r.wnum for r in index.upto(top, disk) if r.wnum > wnum_hi]
+        if late:
+            stray[disk] = late
+    return Consistency(not stray, top, stray)
 
 
 def points_from_log(log_path: Path, disk_index: int | None = None,

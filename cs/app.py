@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common.http import make_app
-from cs.api import alerts, components, disks, jobs, register
+from cs.api import alerts, bookmarks, components, disks, jobs, machines, register
 from cs.state import STATE, CSState
 
 
@@ -17,4 +17,6 @@ def build_app(state: CSState) -> web.Application:
     disks.add_routes(app)
     jobs.add_routes(app)
     alerts.add_routes(app)
+    bookmarks.add_routes(app)
+    machines.add_routes(app)
     return app

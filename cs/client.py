@@ -48,6 +48,14 @@ class CSAdminClient:
     async def failover(self, disk_id: str, point: Point = "latest") -> str:
         return str((await self._api.post(f"/v1/disks/{disk_id}/failover", {"point": point}))["job_id"])
 
+    async def machine_points(self, machine_id: str, limit: int = 100) -> dict[str, Any]:
+        """The machine's consistent points (every protected disk at one W), oldest first."""
+        return dict(await self._api.get(f"/v1/machines/{machine_id}/points", params={"limit": limit}))
+
+    async def machine_failover(self, machine_id: str, point: Point = "latest") -> str:
+        """Fail every protected disk of the machine over to one machine point; returns the job id."""
+        return str((await self._api.post(f"/v1/machines/{machine_id}/failover", {"point": point}))["job_id"])
+
     async def job(self, job_id: str) -> dict[str, Any]:
         return dict(await self._api.get(f"/v1/jobs/{job_id}"))
 

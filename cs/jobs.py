@@ -13,7 +13,7 @@ from typing import Any
 
 from common import errors
 from common import logging as dlog
-from cs import validate
+from cs import machines, validate
 from cs.db import repo
 from cs.db.models import Disk, Job
 from cs.state import CSState
@@ -25,21 +25,38 @@ MAX_ERROR_CHARS = 4000
 
 
 def job_view(job: Job) -> dict[str, Any]:
-    return {"job_id": job.job_id, "kind": job.kind, "disk_id": job.disk_id, "state": job.state,
+    view = {"job_id": job.job_id, "kind": job.kind, "disk_id": job.disk_id, "state": job.state,
             "params": job.params, "result": job.result, "error": job.error, "created_ns": job.created_ns,
             "updated_ns": job.updated_ns}
+    if job.kind == machines.MACHINE_KIND:  # its disk_id column holds the machine id
+        view["machine_id"], view["disk_id"] = job.disk_id, None
+    return view
 
 
-def parse_point(body: dict[str, Any]) -> str | dict[str, int]:
+NAMED_POINTS = ("latest", "latest-processed", "latest-app-consistent", "latest-multi-machine")
+MAX_TAG_BYTES = 4096  # common.wire.batch.MAX_TAG_LEN
+
+
+def parse_point(body: dict[str, Any]) -> str | dict[str, Any]:
     point = body.get("point", "latest")
-    if point in ("latest", "latest-processed"):
+    if point in NAMED_POINTS:
         return str(point)
     if isinstance(point, dict) and set(point) == {"time_ns"}:
         return {"time_ns": validate.integer(point, "time_ns", low=1)}
-    raise errors.BadRequest('point must be "latest", "latest-processed" or {"time_ns": int}')
+    if isinstance(point, dict) and set(point) == {"wnum"}:  # a machine boundary (machine points)
+        return {"wnum": validate.integer(point, "wnum", low=1)}
+    if isinstance(point, dict) and set(point) == {"gen", "seq"}:  # one batch's point
+        return {"gen": validate.integer(point, "gen", low=1), "seq": validate.integer(point, "seq", low=1)}
+    if isinstance(point, dict) and set(point) == {"tag"}:  # a bookmark (docs/PROTOCOL.md, Bookmarks)
+        tag = point["tag"]
+        if not isinstance(tag, str) or not 1 <= len(tag.encode()) <= MAX_TAG_BYTES:
+            raise errors.BadRequest(f"tag must be a string of 1 to {MAX_TAG_BYTES} bytes")
+        return {"tag": tag}
+    raise errors.BadRequest(f'point must be one of {", ".join(NAMED_POINTS)}, {{"time_ns": int}}, {{"wnum": int}}, '
+                            '{"gen": int, "seq": int} or {"tag": str}')
 
 
-async def failover(state: CSState, disk_id: str, point: str | dict[str, int]) -> str:
+async def failover(state: CSState, disk_id: str, point: str | dict[str, Any]) -> str:
     now = time.time_ns()
     async with state.change() as session:
         disk = await session.get(Disk, disk_id)
@@ -47,7 +64,7 @@ async def failover(state: CSState, disk_id: str, point: str | dict[str, int]) ->
             raise errors.NotFound(f"no disk {disk_id}")
         if disk.mt_id is None:
             raise errors.Conflict(f"disk {disk_id} is not protected")
-        if await repo.active_jobs_for_disk(session, disk_id):
+        if any(not machines.is_listing_probe(j) for j in await repo.active_jobs_for_disk(session, disk_id)):
             raise errors.Conflict(f"disk {disk_id} already has a job in progress")
         job = Job(job_id=uuid.uuid4().hex, kind="failover", disk_id=disk_id, state="queued",
                   params={"point": point}, result=None, error=None, created_ns=now, updated_ns=now)
@@ -90,4 +107,5 @@ async def post_result(state: CSState, mt_id: str, job_id: str,
                 raise errors.Conflict(f"job {job_id} already {job.state}")
             return
         job.state, job.result, job.error, job.updated_ns = final, result, error, time.time_ns()
+        await machines.child_finished(session, job)  # a machine failover's next phase, if it was the last
     log.info("job_finished", job_id=job_id, state=final, error=error)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
-from cs import verify
+from cs import bookmarks, verify
 from cs.db import meta, repo
 from cs.db.models import Component, Disk, Job
 from cs.state import CSState
@@ -51,8 +51,9 @@ async def document(session: AsyncSession, role: str, component_id: str) -> dict[
         disks = [d for d in await repo.disks(session, machine_id=component_id) if d.ps_id is not None]
         peers = await repo.components_by_id(session, {d.ps_id for d in disks if d.ps_id})
         checks = await verify.agent_requests(session, component_id)  # online verifies to run, if any
+        marks = await bookmarks.agent_requests(session, component_id)  # bookmarks to act on, if any
         return {"disks": [agent_disk(d, peers.get(d.ps_id or "")) for d in disks],
-                **({"verify": checks} if checks else {})}
+                **({"verify": checks} if checks else {}), **({"bookmarks": marks} if marks else {})}
     if role == "ps":
         disks = list(await repo.disks(session, ps_id=component_id))
         peers = await repo.components_by_id(session, {d.mt_id for d in disks if d.mt_id})

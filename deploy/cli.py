@@ -135,10 +135,20 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
-    point: Any = args.point if args.point in ("latest", "latest-processed") else {"time_ns": int(args.point)}
+    named = ("latest", "latest-processed", "latest-app-consistent", "latest-multi-machine")
+    point: Any = args.point if args.point in named else {"time_ns": int(args.point)}
+    if args.tag is not None:  # a bookmark
+        point = {"tag": args.tag}
+    if args.wnum is not None:  # a machine boundary (docs/PROTOCOL.md, "Machine points and failover")
+        point = {"wnum": args.wnum}
+    if (args.machine is None) == (args.disk_id is None):
+        raise errors.BadRequest("name either a disk (DISK_ID) or a machine (--machine ID)")
 
     async def go(admin: Any) -> Any:
-        job_id = await admin.failover(args.disk_id, point)
+        if args.machine is not None:  # every protected disk of the machine at one W
+            job_id = await admin.machine_failover(args.machine, point)
+        else:
+            job_id = await admin.failover(args.disk_id, point)
         return await admin.wait_job(job_id, timeout_s=args.timeout_s)
 
     job = _admin_call(args, go)
@@ -241,6 +251,91 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bookmark_create(args: argparse.Namespace) -> int:
+    """A multi-machine bookmark by the CS's two-phase protocol; with --wait, exit 1 unless committed."""
+    body: dict[str, Any] = {"consistency": args.consistency}
+    body.update({"group": args.group} if args.group else {"machines": args.machines or []})
+    body.update({"name": args.name} if args.name else {})
+    body.update({"timeout_s": args.timeout_s} if args.timeout_s is not None else {})
+
+    async def go(api: Any) -> Any:
+        bm = await api.post("/v1/bookmarks", body)
+        while args.wait and bm["state"] not in ("committed", "aborted"):
+            await asyncio.sleep(0.1)
+            bm = await api.get(f"/v1/bookmarks/{bm['bookmark_id']}")
+        return bm
+
+    bm = _admin_api(args, go)
+    if args.json:
+        print(json.dumps(bm, indent=2))
+    else:
+        why = f" ({bm['reason']})" if bm["reason"] else ""
+        took = f" in {bm['latency_ms']:.0f} ms" if bm.get("latency_ms") else ""
+        print(f"bookmark {bm['bookmark_id']} {bm['tag']}: {bm['state']}{why}{took}")
+    return 0 if bm["state"] == "committed" or not args.wait else 1
+
+
+def cmd_bookmark_list(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit} | ({"state": args.state} if args.state else {}) \
+        | ({"group": args.group} if args.group else {})
+    items = list(_admin_api(args, lambda api: api.get("/v1/bookmarks", params=params))["items"])
+    return _print_items(args, items, ["bookmark_id", "tag", "group", "consistency", "state", "latency_ms", "reason"])
+
+
+def cmd_bookmark_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_admin_api(args, lambda api: api.get(f"/v1/bookmarks/{args.bookmark_id}")), indent=2))
+    return 0
+
+
+def cmd_group_set(args: argparse.Namespace) -> int:
+    out = _admin_api(args, lambda api: api.put(f"/v1/groups/{args.name}", {"machines": args.machines}))
+    print(json.dumps(out, indent=2) if args.json else f"group {out['name']}: {', '.join(out['machines'])}")
+    return 0
+
+
+def cmd_group_list(args: argparse.Namespace) -> int:
+    items = list(_admin_api(args, lambda api: api.get("/v1/groups"))["items"])
+    return _print_items(args, items, ["name", "machines", "updated_ns"])
+
+
+def cmd_group_delete(args: argparse.Namespace) -> int:
+    _admin_api(args, lambda api: api.request("DELETE", f"/v1/groups/{args.name}"))
+    return 0
+
+
+def _bookmark_parsers(sub: Any) -> None:
+    bm = sub.add_parser("bookmark", help="multi-machine bookmarks (two-phase, across a group or machines)")
+    bsub = bm.add_subparsers(dest="bookmark_command", required=True)
+    cr = bsub.add_parser("create", help="freeze every member, tag every disk at one instant, thaw")
+    who = cr.add_mutually_exclusive_group(required=True)
+    who.add_argument("--group", help="a replication group (drlab group set)")
+    who.add_argument("--machines", nargs="+", help="machine ids")
+    cr.add_argument("--name", help="the tag's name (default: the bookmark id)")
+    cr.add_argument("--consistency", choices=["app", "crash"], default="app",
+                    help="app: run each member's pre-freeze / post-thaw hooks")
+    cr.add_argument("--timeout-s", type=float, default=None, help="every member must be frozen by then")
+    cr.add_argument("--wait", action="store_true", help="until committed or aborted (exit 1 if aborted)")
+    cr.set_defaults(func=cmd_bookmark_create)
+    ls = bsub.add_parser("list", help="bookmarks, newest first")
+    ls.add_argument("--state", choices=["preparing", "committing", "committed", "aborted"])
+    ls.add_argument("--group")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.set_defaults(func=cmd_bookmark_list)
+    sh = bsub.add_parser("show", help="one bookmark with its members' points")
+    sh.add_argument("bookmark_id")
+    sh.set_defaults(func=cmd_bookmark_show)
+    grp = sub.add_parser("group", help="replication groups (machines consistent together)")
+    gsub = grp.add_subparsers(dest="group_command", required=True)
+    gs = gsub.add_parser("set", help="create or replace a group")
+    gs.add_argument("name")
+    gs.add_argument("machines", nargs="+")
+    gs.set_defaults(func=cmd_group_set)
+    gsub.add_parser("list", help="every group").set_defaults(func=cmd_group_list)
+    gd = gsub.add_parser("delete", help="delete a group")
+    gd.add_argument("name")
+    gd.set_defaults(func=cmd_group_delete)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="drlab", description="drlab: continuous block-level disaster recovery")
     p.add_argument("--topology", default=str(DEFAULT_TOPOLOGY), help="lab topology file")
@@ -292,9 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("protect", help="enable protection of a machine's disks")
     pr.add_argument("machine_id")
     pr.set_defaults(func=cmd_protect)
-    fo = sub.add_parser("failover", help="fail a disk over to a recovery point")
-    fo.add_argument("disk_id")
-    fo.add_argument("--point", default="latest", help="latest | latest-processed | TIME_NS")
+    fo = sub.add_parser("failover", help="fail a disk (or a machine: --machine) over to a recovery point")
+    fo.add_argument("disk_id", nargs="?", default=None)
+    fo.add_argument("--machine", default=None, metavar="MACHINE_ID",
+                    help="fail every protected disk of the machine over to one machine-consistent point")
+    fo.add_argument("--wnum", type=int, default=None, help="the point at this machine write number (boundary)")
+    fo.add_argument("--point", default="latest", help="latest | latest-processed | latest-app-consistent | "
+                    "latest-multi-machine | TIME_NS")
+    fo.add_argument("--tag", default=None, help="the point carrying this bookmark tag (e.g. group-app:NAME)")
     fo.add_argument("--timeout-s", type=float, default=300.0)
     fo.set_defaults(func=cmd_failover)
 
@@ -316,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--timeout-s", type=float, default=600.0)
     ver.add_argument("--last", action="store_true", help="show the last verify instead of starting one")
     ver.set_defaults(func=cmd_disk_verify)
+    _bookmark_parsers(sub)
     return p
 
 

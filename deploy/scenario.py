@@ -1,5 +1,6 @@
 """Building blocks shared by the demo and the drills: a lab with one protected machine, its
-workload as a separate process, and failover checked by the oracle."""
+workload as a separate process, and failover checked by the oracle — of its first disk, or of the
+whole machine at one write number W (every disk checked at that W)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,20 @@ class PointCheck:
     seconds: float
 
 
+@dataclass
+class MachineCheck:
+    """A machine failover: the W it chose and the oracle's verdict on every disk at that W."""
+
+    label: str
+    requested: Any
+    wnum: int
+    result: dict[str, Any]
+    ok: bool
+    detail: str
+    seconds: float
+    verdict: oracle.MachineVerifyResult | None = None
+
+
 class Scenario:
     """One machine of a lab, its first disk, its workload log and its failovers."""
 
@@ -40,6 +56,7 @@ class Scenario:
         self.disk: DiskSpec = self.machine.disks[0]
         self.machine_id = ""
         self.disk_id = ""
+        self.disk_ids: dict[str, str] = {}  # every disk of the machine: name -> disk id
 
     @property
     def log_path(self) -> Path:
@@ -59,9 +76,12 @@ class Scenario:
         if proc.returncode != 0:
             raise errors.DrlabError(f"prefill failed: {proc.stderr[-2000:]}")
 
-    def start_workload(self, rate_mb_s: float, duration_s: float) -> subprocess.Popen[str]:
+    def start_workload(self, rate_mb_s: float, duration_s: float, disks: Sequence[int] | None = None,
+                       *extra: str) -> subprocess.Popen[str]:
+        """The workload as a process; ``disks``: the disk indexes it writes across (default: all)."""
         cmd = self._workload_cmd("run", "--socket", str(self.lab.agent_socket(self.machine)),
-                                 "--rate-mb-s", str(rate_mb_s), "--duration-s", str(duration_s), "--json")
+                                 "--rate-mb-s", str(rate_mb_s), "--duration-s", str(duration_s), "--json",
+                                 *(("--disks", ",".join(str(d) for d in disks)) if disks is not None else ()), *extra)
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     @staticmethod
@@ -72,14 +92,18 @@ class Scenario:
         return dict(json.loads(out.strip().splitlines()[-1]))
 
     async def protect(self, admin: Any, timeout_s: float = 180.0, progress: bool = False) -> float:
-        """Enable protection and wait for the end of initial replication; returns its seconds."""
+        """Enable protection and wait for the end of initial replication of every disk of the
+        machine; returns its seconds."""
         comps = await admin.components()
         self.machine_id = next(c["component_id"] for c in comps
                                if c["role"] == "agent" and c["host_id"] == self.machine.name)
         await admin.protect(self.machine_id)
-        self.disk_id = next(d["disk_id"] for d in await admin.disks() if d["machine_id"] == self.machine_id)
+        self.disk_ids = {d["name"]: d["disk_id"] for d in await admin.disks() if d["machine_id"] == self.machine_id}
+        self.disk_id = self.disk_ids[self.disk.name]
         started = time.monotonic()
         await wait_state(admin, self.disk_id, "protected", timeout_s, progress)
+        for disk_id in self.disk_ids.values():
+            await wait_state(admin, disk_id, "protected", max(1.0, timeout_s - (time.monotonic() - started)))
         return time.monotonic() - started
 
     def acked_writes(self) -> list[writelog.LogRecord]:
@@ -111,6 +135,52 @@ class Scenario:
         if point == "latest" and check.ok and wnum_hi < self.last_wnum():
             check.ok, check.detail = False, f"latest lacks acknowledged writes {wnum_hi + 1}..{self.last_wnum()}"
         return check
+
+    def disk_index(self, name: str) -> int:
+        """A disk's index in the agent's config (and in the write log): its place in the topology."""
+        return next(i for i, d in enumerate(self.machine.disks) if d.name == name)
+
+    def last_writes(self) -> dict[int, int]:
+        """Per disk index, the wnum of its last acknowledged write."""
+        return {r.disk: r.wnum for r in self.acked_writes()}
+
+    async def machine_failover_and_verify(self, admin: Any, point: Any, label: str) -> MachineCheck:
+        """Fail the whole machine over to ``point``; the oracle checks every disk at the job's W."""
+        started = time.monotonic()
+        job = await admin.wait_job(await admin.machine_failover(self.machine_id, point), timeout_s=120)
+        return await self.check_machine_job(job, point, label, time.monotonic() - started)
+
+    async def check_machine_job(self, job: dict[str, Any], point: Any, label: str, seconds: float) -> MachineCheck:
+        """The oracle's verdict on a finished machine failover job: every disk at the job's W."""
+        if job["state"] != "succeeded":
+            return MachineCheck(label, point, 0, {}, False, f"job {job['state']}: {job.get('error')}", seconds)
+        result = job["result"]
+        wnum = int(result["wnum"])
+        sizes = {d.name: d.size_bytes for d in self.machine.disks}
+        images = [oracle.DiskImage(self.disk_index(d["name"]), d["name"], sizes[d["name"]], Path(d["image_path"]))
+                  for d in result["disks"]]
+        verdict = await asyncio.to_thread(oracle.verify_machine, self.log_path, images, wnum)
+        check = MachineCheck(label, point, wnum, result, verdict.ok, verdict.report(), seconds, verdict)
+        if sorted(d["name"] for d in result["disks"]) != sorted(self.disk_ids):
+            check.ok, check.detail = False, f"the job covered {[d['name'] for d in result['disks']]} only"
+        elif any(int(d["point"]["wnum_hi"]) > wnum for d in result["disks"]):
+            check.ok, check.detail = False, "a disk's point is past the machine's W"
+        return check
+
+    async def wait_machine_drained(self, admin: Any, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Until every disk's MT holds that disk's last acknowledged write (the workload has
+        stopped); returns the machine's points then."""
+        last = self.last_writes()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            listing = dict(await admin.machine_points(self.machine_id, limit=1000))
+            behind = [d["name"] for d in listing["disks"] if last.get(self.disk_index(d["name"]), 0)
+                      > int((d["latest"] or {}).get("wnum_hi", 0))]
+            if not behind:
+                return listing
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(f"disks {behind} lack acknowledged writes after {timeout_s:.0f} s")
+            await asyncio.sleep(0.2)
 
     async def wait_drained(self, timeout_s: float = 60.0) -> None:
         """Until the MT holds every acknowledged write (the workload has stopped): the batches

@@ -122,9 +122,19 @@ class DiskStore:
             row = rows.get(key)
             if row is None or (row.segno, row.undo_off, row.commit_off) != (c.segno, c.undo_off, c.commit_off):
                 row = self._row_from_commit(c, in_resync, row)
-                self.catalog.insert(row)
+                self.catalog.insert(row, self._staged_tags(key))  # tags: still in the staged batch
                 self.log.info("catalog_row_restored", gen=key[0], seq=key[1])
             in_resync = row.in_resync
+
+    def _staged_tags(self, key: Key) -> list[bytes]:
+        """The tags of a batch still staged (a crash after its commit record, before the catalog)."""
+        if key not in self.staging:
+            return []
+        try:
+            data, _ = self.staging.read(*key)
+            return wbatch.decode(data, disk_size=self.replica.size_bytes, max_bytes=max(len(data), 1)).tags
+        except (OSError, errors.MalformedBatch):
+            return []
 
     def _row_from_commit(self, c: CommittedBatch, in_resync: bool, old: Point | None) -> Point:
         info = c.info
@@ -181,7 +191,7 @@ class DiskStore:
             point = Point(self.disk_id, batch.generation, batch.seq, batch.wnum_first, batch.wnum_hi,
                           batch.t_first_ns, batch.t_last_ns, received_ns, time.time_ns(), int(accuracy),
                           batch.flags, in_resync, self.journal.segno, undo_off, commit_off, nbytes, checksum)
-            self.catalog.insert(point)
+            self.catalog.insert(point, batch.tags)
             self.applied, self.in_resync = point.key, in_resync
             self.applied_bytes += nbytes
             self.lags_ns.append(received_ns - batch.t_first_ns)

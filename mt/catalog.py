@@ -2,6 +2,11 @@
 
 The journal's commit records are the authority; the catalog is an index over them that
 :meth:`Catalog.reconcile` repairs after a crash. Blocking: call from a worker thread.
+
+Tags (bookmarks, docs/PROTOCOL.md "Bookmarks") live in their own table keyed by (disk, gen, seq):
+a point row rewritten by the reconcile keeps them, a point deleted takes its tags with it. A tag
+is UTF-8 text ``KIND:NAME``; :data:`APP_KINDS` / :data:`GROUP_KINDS` name the kinds the named
+points ``latest-app-consistent`` / ``latest-multi-machine`` look for.
 """
 
 from __future__ import annotations
@@ -28,7 +33,25 @@ CREATE TABLE IF NOT EXISTS points (
     PRIMARY KEY (disk_id, gen, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS points_time ON points (disk_id, t_last_ns);
+CREATE TABLE IF NOT EXISTS point_tags (
+    disk_id TEXT NOT NULL, gen INTEGER NOT NULL, seq INTEGER NOT NULL, tag TEXT NOT NULL,
+    PRIMARY KEY (disk_id, gen, seq, tag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS point_tags_tag ON point_tags (disk_id, tag);
 """
+
+APP_KINDS = ("app", "group-app")  # app-consistent: the application's hooks ran around the freeze
+GROUP_KINDS = ("group-app", "group-crash")  # multi-machine: the CS's two-phase bookmark
+MAX_TAGS_LISTED = 64
+
+
+def tag_text(tag: bytes) -> str:
+    """A batch tag as the catalog keeps it (text; bytes that are not UTF-8 are replaced)."""
+    return bytes(tag).decode("utf-8", errors="replace")
+
+
+def tag_kind(tag: str) -> str:
+    return tag.partition(":")[0] if ":" in tag else ""
 
 
 @dataclass(frozen=True)
@@ -59,10 +82,11 @@ class Point:
     def accuracy_name(self) -> str:
         return ACCURACY_NAMES[Accuracy(self.accuracy)]
 
-    def public(self) -> dict[str, object]:
+    def public(self, tags: list[str] | None = None) -> dict[str, object]:
         return {"gen": self.gen, "seq": self.seq, "wnum_hi": self.wnum_hi, "t_first_ns": self.t_first_ns,
                 "t_last_ns": self.t_last_ns, "received_ns": self.received_ns, "applied_ns": self.applied_ns,
-                "accuracy": self.accuracy_name, "data_bytes": self.data_bytes, "flags": self.flags}
+                "accuracy": self.accuracy_name, "data_bytes": self.data_bytes, "flags": self.flags,
+                "tags": list(tags or [])}
 
 
 _COLUMNS = ", ".join(f.name for f in fields(Point))
@@ -114,15 +138,30 @@ class Catalog:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM points {sql}", tuple(args)).fetchall()
         return [_point(r) for r in rows]
 
-    def insert(self, point: Point) -> None:
-        with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO points ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", astuple(point))
-
-    def delete(self, disk_id: str, keys: Iterable[tuple[int, int]]) -> None:
+    def insert(self, point: Point, tags: Iterable[bytes] = ()) -> None:
+        """Add (or rewrite) a point, and its batch's tags, in one transaction (a rewrite keeps the
+        tags the point already has)."""
+        texts = sorted({tag_text(t) for t in tags})
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM points WHERE disk_id = ? AND gen = ? AND seq = ?",
-                                 [(disk_id, g, s) for g, s in keys])
+            self._db.execute(f"INSERT OR REPLACE INTO points ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", astuple(point))
+            self._db.executemany("INSERT OR IGNORE INTO point_tags (disk_id, gen, seq, tag) VALUES (?, ?, ?, ?)",
+                                 [(point.disk_id, point.gen, point.seq, t) for t in texts])
+            self._db.execute("COMMIT")
+
+    def add_tags(self, disk_id: str, gen: int, seq: int, tags: Iterable[bytes]) -> None:
+        """Tags of an existing point (the reconcile restores them from a staged batch)."""
+        with self._lock:
+            self._db.executemany("INSERT OR IGNORE INTO point_tags (disk_id, gen, seq, tag) VALUES (?, ?, ?, ?)",
+                                 [(disk_id, gen, seq, tag_text(t)) for t in tags])
+
+    def delete(self, disk_id: str, keys: Iterable[tuple[int, int]]) -> None:
+        """Drop points, and their tags with them."""
+        rows = [(disk_id, g, s) for g, s in keys]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM points WHERE disk_id = ? AND gen = ? AND seq = ?", rows)
+            self._db.executemany("DELETE FROM point_tags WHERE disk_id = ? AND gen = ? AND seq = ?", rows)
             self._db.execute("COMMIT")
 
     def all(self, disk_id: str) -> list[Point]:
@@ -155,3 +194,53 @@ class Catalog:
         """Points after (gen, seq), newest first."""
         return self._query("WHERE disk_id = ? AND (gen > ? OR (gen = ? AND seq > ?)) ORDER BY gen DESC, seq DESC",
                            (disk_id, gen, gen, seq))
+
+    # -- tags --------------------------------------------------------------------------------
+
+    def tags_of(self, disk_id: str, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:
+        """{(gen, seq): [tag, ...]} for those of ``keys`` that have tags."""
+        wanted = set(keys)
+        if not wanted:
+            return {}
+        lo, hi = min(wanted), max(wanted)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT gen, seq, tag FROM point_tags WHERE disk_id = ? AND (gen > ? OR (gen = ? AND seq >= ?)) "
+                "AND (gen < ? OR (gen = ? AND seq <= ?)) ORDER BY gen, seq, tag",
+                (disk_id, lo[0], lo[0], lo[1], hi[0], hi[0], hi[1])).fetchall()
+        out: dict[tuple[int, int], list[str]] = {}
+        for gen, seq, tag in rows:
+            if (gen, seq) in wanted:
+                out.setdefault((gen, seq), []).append(str(tag))
+        return out
+
+    def listing(self, disk_id: str, limit: int, tag: str | None = None) -> list[dict[str, object]]:
+        """The newest ``limit`` points (only those carrying ``tag`` if given), oldest first, each
+        with its tags (PROTOCOL.md, MT control API)."""
+        if tag is None:
+            rows = self.recent(disk_id, limit)
+        else:
+            rows = self._query("WHERE disk_id = ? AND EXISTS (SELECT 1 FROM point_tags t WHERE t.disk_id = "
+                               "points.disk_id AND t.gen = points.gen AND t.seq = points.seq AND t.tag = ?) "
+                               "ORDER BY gen DESC, seq DESC LIMIT ?", (disk_id, tag, limit))
+        tags = self.tags_of(disk_id, [p.key for p in rows])
+        return [p.public(tags.get(p.key, [])[:MAX_TAGS_LISTED]) for p in reversed(rows)]
+
+    def by_tag(self, disk_id: str, tag: str) -> Point | None:
+        """The newest point carrying ``tag``."""
+        rows = self._query("WHERE disk_id = ? AND EXISTS (SELECT 1 FROM point_tags t WHERE t.disk_id = "
+                           "points.disk_id AND t.gen = points.gen AND t.seq = points.seq AND t.tag = ?) "
+                           "ORDER BY gen DESC, seq DESC LIMIT 1", (disk_id, tag))
+        return rows[0] if rows else None
+
+    def latest_tagged(self, disk_id: str, kinds: Iterable[str]) -> Point | None:
+        """The newest valid point (accuracy not NONE) carrying a tag of one of ``kinds``."""
+        likes = [f"{k}:*" for k in kinds if k.replace("-", "").isalnum()]  # GLOB: case-sensitive
+        if not likes:
+            return None
+        match = " OR ".join("t.tag GLOB ?" for _ in likes)
+        rows = self._query("WHERE disk_id = ? AND accuracy != ? AND EXISTS (SELECT 1 FROM point_tags t WHERE "
+                           "t.disk_id = points.disk_id AND t.gen = points.gen AND t.seq = points.seq AND "
+                           f"({match})) ORDER BY gen DESC, seq DESC LIMIT 1",
+                           (disk_id, int(Accuracy.NONE), *likes))
+        return rows[0] if rows else None

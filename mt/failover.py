@@ -5,6 +5,12 @@ and the batches applied after the point are noted; outside the lock, their undo 
 written to the copy, newest batch first and each batch's records in reverse order. Replication
 keeps running meanwhile: the journal is append-only, so the noted batches do not change.
 Blocking: call from a worker thread.
+
+Machine points (docs/PROTOCOL.md, "Machine points and failover"): ``{"wnum": W}`` is this disk's
+state at machine boundary W — its newest point with ``wnum_hi <= W``, refused (409) unless the next
+point starts after W (else W is inside one of this disk's batches) or, when there is no next point,
+the newest one is exactly at W (else whether the disk wrote up to W is not known yet). A probe
+(:func:`probe`) answers the facts the CS needs to choose W across a machine's disks.
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common import errors
 from common import logging as dlog
+from common.wire.batch import Accuracy
 from mt.apply import DiskStore
-from mt.catalog import Catalog, Point
+from mt.catalog import APP_KINDS, GROUP_KINDS, Catalog, Point
 from mt.journal import read_undo_range, roll_back
 from mt.replica import fsync_dir, read_exact, write_all
 
@@ -30,16 +38,135 @@ _ZERO = bytes(BLOCK)
 
 def choose_point(catalog: Catalog, disk_id: str, spec: Any) -> Point:
     """``"latest"`` / ``"latest-processed"`` (the newest applied batch: the caller applies what is
-    staged first for ``latest``) or ``{"time_ns": T}`` (newest point with no write after T)."""
+    staged first for ``latest``) or ``{"time_ns": T}`` (newest point with no write after T),
+    ``{"wnum": W}`` (the state at machine boundary W), ``{"gen": G, "seq": S}`` (that batch's point), or a
+    bookmark: ``{"tag": NAME}``, ``"latest-app-consistent"``, ``"latest-multi-machine"``."""
     if spec in ("latest", "latest-processed"):
         point = catalog.latest(disk_id)
     elif isinstance(spec, dict) and isinstance(spec.get("time_ns"), int):
         point = catalog.at_time(disk_id, int(spec["time_ns"]))
+    elif isinstance(spec, dict) and set(spec) == {"wnum"} and _uint(spec["wnum"]):
+        point = at_wnum(catalog, disk_id, int(spec["wnum"]))
+    elif isinstance(spec, dict) and set(spec) == {"gen", "seq"} and _uint(spec["gen"]) and _uint(spec["seq"]):
+        point = _valid(catalog.get(disk_id, int(spec["gen"]), int(spec["seq"])), spec)
+    elif spec in ("latest-app-consistent", "latest-multi-machine") or (isinstance(spec, dict) and "tag" in spec):
+        point = _tagged_point(catalog, disk_id, spec)  # bookmarks
     else:
         raise errors.BadRequest(f"unknown recovery point {spec!r}")
     if point is None:
         raise errors.NotFound(f"no recovery point of disk {disk_id} matches {spec!r}")
     return point
+
+
+def _tagged_point(catalog: Catalog, disk_id: str, spec: Any) -> Point | None:
+    """``{"tag": NAME}`` (the newest point carrying it; one that is not a valid point -> 409), or the
+    newest valid point with an app-consistent / multi-machine tag."""
+    if spec == "latest-app-consistent":
+        return catalog.latest_tagged(disk_id, APP_KINDS)
+    if spec == "latest-multi-machine":
+        return catalog.latest_tagged(disk_id, GROUP_KINDS)
+    if not isinstance(spec["tag"], str):
+        raise errors.BadRequest(f"unknown recovery point {spec!r}")
+    point = catalog.by_tag(disk_id, spec["tag"])
+    if point is not None and point.accuracy == Accuracy.NONE:
+        raise errors.Conflict(f"tag {spec['tag']!r} of disk {disk_id} marks no valid point (the disk was resyncing)")
+    return point
+
+
+def _uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
+
+
+def _valid(point: Point | None, spec: Any) -> Point | None:
+    if point is not None and point.accuracy == Accuracy.NONE:
+        raise errors.Conflict(f"point {spec!r} of disk {point.disk_id} is not a valid point (the disk was resyncing)")
+    return point
+
+
+def _first(catalog: Catalog, disk_id: str, where: str, args: tuple[int, ...]) -> Point | None:
+    """One point by a condition and an order (through the catalog's own query helper)."""
+    rows = catalog._query(f"WHERE disk_id = ? AND {where} LIMIT 1", (disk_id, *args))
+    return rows[0] if rows else None
+
+
+def below(catalog: Catalog, disk_id: str, bound: int) -> Point | None:
+    """The newest point with ``wnum_hi < bound``."""
+    return _first(catalog, disk_id, "wnum_hi < ? ORDER BY gen DESC, seq DESC", (bound,))
+
+
+def after(catalog: Catalog, disk_id: str, point: Point) -> Point | None:
+    """The point right after ``point``."""
+    return _first(catalog, disk_id, "(gen > ? OR (gen = ? AND seq > ?)) ORDER BY gen, seq",
+                  (point.gen, point.gen, point.seq))
+
+
+def first_write_after(catalog: Catalog, disk_id: str, t_ns: int) -> Point | None:
+    """The first point holding a client write whose last write is later than ``t_ns``."""
+    return _first(catalog, disk_id, "wnum_first > 0 AND t_last_ns > ? ORDER BY gen, seq", (t_ns,))
+
+
+def at_wnum(catalog: Catalog, disk_id: str, wnum: int) -> Point:
+    """The disk's state at machine boundary ``wnum`` (module docstring); 404 / 409 otherwise."""
+    point = below(catalog, disk_id, wnum + 1)
+    if point is None:
+        raise errors.NotFound(f"disk {disk_id} has no recovery point at or before wnum {wnum}")
+    nxt = after(catalog, disk_id, point)
+    if nxt is None and point.wnum_hi < wnum:
+        raise errors.Conflict(f"disk {disk_id} has points up to wnum {point.wnum_hi} only: "
+                              f"its state at {wnum} is not known yet")
+    if nxt is not None and nxt.wnum_first and nxt.wnum_first <= wnum:
+        raise errors.Conflict(f"wnum {wnum} is not a boundary of disk {disk_id}: its batch ({nxt.gen}, {nxt.seq}) "
+                              f"holds writes {nxt.wnum_first}..{nxt.wnum_hi}")
+    valid = _valid(point, {"wnum": wnum})
+    assert valid is not None
+    return valid
+
+
+def compact(point: Point | None) -> dict[str, Any] | None:
+    """A point as a probe reports it."""
+    if point is None:
+        return None
+    return {"gen": point.gen, "seq": point.seq, "wnum_first": point.wnum_first, "wnum_hi": point.wnum_hi,
+            "t_first_ns": point.t_first_ns, "t_last_ns": point.t_last_ns, "accuracy": point.accuracy_name}
+
+
+MAX_PROBE_POINTS = 1000
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a ``points`` job asks (each part optional): apply what is staged first (``drain``),
+    the newest ``recent`` points, the first point with a write after ``time_ns``, the newest point
+    below ``below``. The latest point is always answered."""
+
+    drain: bool = False
+    recent: int | None = None
+    time_ns: int | None = None
+    below: int | None = None
+
+    @classmethod
+    def parse(cls, spec: Any) -> Probe:
+        if not isinstance(spec, dict) or set(spec) - {"drain", "recent", "time_ns", "below"}:
+            raise errors.BadRequest(f"bad probe {str(spec)[:200]}")
+        if not isinstance(spec.get("drain", False), bool):
+            raise errors.BadRequest("probe drain must be a boolean")
+        for name, low, high in (("recent", 1, MAX_PROBE_POINTS), ("time_ns", 0, 2**63), ("below", 1, 2**64 - 1)):
+            value = spec.get(name)
+            if value is not None and (not _uint(value) or not low <= value <= high):
+                raise errors.BadRequest(f"probe {name} must be an integer in [{low}, {high}]")
+        return cls(bool(spec.get("drain", False)), spec.get("recent"), spec.get("time_ns"), spec.get("below"))
+
+
+def probe(catalog: Catalog, disk_id: str, q: Probe) -> dict[str, Any]:
+    """The answer to a probe (PROTOCOL.md): ``latest`` and what was asked, as compact points."""
+    out: dict[str, Any] = {"disk_id": disk_id, "latest": compact(catalog.latest(disk_id))}
+    if q.recent is not None:
+        out["points"] = [compact(p) for p in reversed(catalog.recent(disk_id, q.recent))]
+    if q.time_ns is not None:
+        out["after"] = compact(first_write_after(catalog, disk_id, q.time_ns))
+    if q.below is not None:
+        out["below"] = compact(below(catalog, disk_id, q.below))
+    return out
 
 
 def data_regions(fd: int, size: int) -> Iterator[tuple[int, int]]:

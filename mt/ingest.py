@@ -148,6 +148,9 @@ async def get_points(request: web.Request) -> web.Response:
     if not text.isdigit() or int(text) < 1:
         raise errors.BadRequest("limit must be a positive integer")
     limit = min(int(text), 1 << 62)
-    rows = await asyncio.get_running_loop().run_in_executor(ctx.executor, worker.store.catalog.recent,
-                                                            disk_id, limit)
-    return web.json_response({"items": [p.public() for p in reversed(rows)]})
+    tag = request.query.get("tag")  # only the points carrying this tag (bookmarks)
+    if tag is not None and not 1 <= len(tag.encode()) <= wbatch.MAX_TAG_LEN:
+        raise errors.BadRequest(f"tag must be 1 to {wbatch.MAX_TAG_LEN} bytes")
+    items = await asyncio.get_running_loop().run_in_executor(ctx.executor, worker.store.catalog.listing,
+                                                             disk_id, limit, tag)
+    return web.json_response({"items": items})

@@ -1,5 +1,7 @@
-"""Failover jobs from the settings document: each runs once (done ids are kept on disk so a
-restart does not redo them) and its result is POSTed to the CS with retries."""
+"""Jobs from the settings document: each runs once (done ids are kept on disk so a restart does
+not redo them) and its result is POSTed to the CS with retries. Kinds: ``failover`` (an image of
+the disk at a point) and ``points`` (a probe: facts about the disk's points, for the CS's choice of
+a machine-consistent point; mt/failover.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 from common import errors, tls
 from common import logging as dlog
 from common.http import ApiClient, retrying
-from mt.failover import choose_point, make_image
+from mt.failover import Probe, choose_point, make_image, probe
 from mt.settings import Job
 from mt.worker import DiskWorker
 
@@ -77,15 +79,20 @@ class JobRunner:
         await asyncio.to_thread(self._mark_done, job.job_id)
 
     async def execute(self, job: Job) -> dict[str, Any]:
-        if job.kind != "failover":
+        if job.kind not in ("failover", "points"):
             raise errors.BadRequest(f"unknown job kind {job.kind!r}")
         worker = self._workers(job.disk_id)
         if worker is None:
             raise errors.NotFound(f"disk {job.disk_id} is not held by this master target")
-        if job.point == "latest":
-            await worker.drain()
         loop = asyncio.get_running_loop()
         store = worker.store
+        if job.kind == "points":
+            query = Probe.parse(job.point)
+            if query.drain:
+                await worker.drain()
+            return await loop.run_in_executor(self._executor, probe, store.catalog, store.disk_id, query)
+        if job.point == "latest":
+            await worker.drain()
         point = await loop.run_in_executor(self._executor, choose_point, store.catalog, store.disk_id, job.point)
         dest = self.data_dir / "failover" / job.disk_id / f"{job.job_id}.img"
         return await loop.run_in_executor(self._executor, make_image, store, point, dest)

@@ -156,3 +156,38 @@ class Alert(Base):
 
 Index("uq_alerts_open", Alert.code, Alert.source_id, func.coalesce(Alert.disk_id, ""), unique=True,
       sqlite_where=Alert.cleared_ns.is_(None), postgresql_where=Alert.cleared_ns.is_(None))
+
+
+class ReplicationGroup(Base):
+    """Machines whose recovery points must be consistent together (multi-machine bookmarks)."""
+
+    __tablename__ = "replication_groups"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    machines: Mapped[list[str]] = mapped_column(JSON, default=list)  # agent component ids, sorted
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"ReplicationGroup({self.name}, machines={len(self.machines)})"
+
+
+class Bookmark(Base):
+    """A bookmark run by the CS's two-phase protocol (cs/bookmarks.py) across its member machines.
+    ``members``: {machine_id: member record}; every change locks the row (SELECT ... FOR UPDATE)."""
+
+    __tablename__ = "bookmarks"
+    bookmark_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(160), unique=True)
+    group_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    consistency: Mapped[str] = mapped_column(String(16))  # app | crash
+    state: Mapped[str] = mapped_column(String(16), index=True)  # preparing, committing, committed, aborted
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    timeout_ms: Mapped[int] = mapped_column(BigInteger)
+    created_ns: Mapped[int] = mapped_column(BigInteger, index=True)
+    deadline_ns: Mapped[int] = mapped_column(BigInteger)
+    decided_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finished_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    members: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    def __repr__(self) -> str:
+        return f"Bookmark({self.bookmark_id}, {self.tag}, {self.state})"
