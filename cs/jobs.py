@@ -3,6 +3,8 @@
 A failover job is created ``queued``; it shows in its disk's MT settings document while it is
 queued or running; the MT posts ``succeeded`` or ``failed``. Posting the same final state
 again is a no-op (the MT retries on lost replies); another state for a finished job is 409.
+The result that finishes the last child job of a machine failover's phase starts its next phase,
+in the same transaction (cs/machines.py).
 """
 
 from __future__ import annotations
