@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint system-deps clean
+.PHONY: demo test lint system-deps clean bench-cs
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -13,21 +13,29 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # Tools some tests need from Debian (the compose file is validated, not run; qemu-io and
-# nbdcopy write through the agent's NBD export).
+# nbdcopy write through the agent's NBD export; the CS suite also runs on PostgreSQL).
 system-deps:
 	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
 	@(command -v qemu-io >/dev/null && command -v nbdcopy >/dev/null) || \
 		(apt-get update -qq && apt-get install -y -qq qemu-utils libnbd-bin >/dev/null)
+	@# PostgreSQL: the [postgresql] CS tests run a throwaway server of their own (tests/pgserver.py)
+	@(ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null) || \
+		(apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
 
 demo: $(STAMP)
 	$(BIN)/drlab demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check common cs ps mt agent deploy tests
+	$(BIN)/ruff check common cs ps mt agent deploy tests bench
 	$(BIN)/mypy
 
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# CS capacity (not part of `make test`): heartbeats/s and latency beside a no-database endpoint,
+# results in bench/results/. BENCH_ARGS adds options, e.g. BENCH_ARGS="--engine postgresql".
+bench-cs: $(STAMP)
+	$(BIN)/python -m bench.cs_heartbeats $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .lab

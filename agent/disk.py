@@ -28,6 +28,7 @@ class DiskImage:
         self.size_bytes = size_bytes
         self.name = name or self.path.stem
         self._fd = _open_sized(self.path, size_bytes)
+        self.bytes_written = 0  # by clients, since start (the agent reports churn from it)
 
     def __repr__(self) -> str:
         return f"DiskImage({self.name}, {self.path}, {self.size_bytes})"
@@ -42,6 +43,7 @@ class DiskImage:
         while view:
             written = os.pwrite(self._fd, view, offset)
             view, offset = view[written:], offset + written
+        self.bytes_written += len(data)
 
     def pread(self, offset: int, length: int) -> bytes:
         self.check(offset, length)

@@ -50,6 +50,7 @@ class Pipeline:
     mode: str = "data"  # the tracker's mode for this disk
     mode_changes: int = 0
     batches_by_mode: dict[str, int] = field(default_factory=dict)
+    switches: int = 0  # PS switches within this generation (agent/replication.py switch_ps)
 
     @property
     def generation(self) -> int:
@@ -79,7 +80,9 @@ class Pipeline:
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "percent": self.percent, "generation": self.generation,
-                "disk_id": self.disk_id, "next_seq": self.stream.next_seq, "acked_seq": self.uploader.acked_seq,
+                "disk_id": self.disk_id, "ps_url": self.ps_url, "ps_switches": self.switches,
+                "switch_resent_bytes": self.uploader.resent_bytes,
+                "next_seq": self.stream.next_seq, "acked_seq": self.uploader.acked_seq,
                 "ps_durable": self.uploader.ps_durable, "mt_received": self.uploader.mt_received,
                 "mt_applied": self.uploader.mt_applied, "resync_done_seq": self.stream.resync_done_seq,
                 "unacked_bytes": self.uploader.unacked_bytes, "send_failures": self.uploader.failures,
@@ -296,7 +299,8 @@ class Replicator:
         uploader.start()
         if resync_from is not None:
             # over a zero-filled replica (skip_zero) copy; else compare block hashes with the MT's
-            hashes = None if skip_zero else RemoteHashes(uploader, block_bytes=self.cfg.hash_block_bytes,
+            block = self.cfg.hash_block_bytes if resync_extents is None else self.cfg.hot_hash_block_bytes
+            hashes = None if skip_zero else RemoteHashes(uploader, block_bytes=block,
                                                          request_bytes=self.cfg.hash_request_bytes,
                                                          max_backoff_s=self.cfg.retry_max_backoff_s)
             pipe.resync = ResyncJob(disk, index, self.tracker, self.backlog, chunk_bytes=self.cfg.resync_chunk_bytes,
@@ -324,6 +328,22 @@ class Replicator:
         log.info("pipeline_closed", disk=pipe.disk_id, gen=pipe.generation, next_seq=pipe.stream.next_seq,
                  acked_seq=pipe.uploader.acked_seq)
         return pipe
+
+    async def switch_ps(self, index: int, ps_url: str) -> bool:
+        """The disk moved to another PS in the same generation (a PS switch with the old PS
+        alive): keep the stream and its seqs, send every batch not yet acknowledged, and the
+        following ones, to the new PS. False if the disk has no pipeline or already uses it."""
+        pipe = self.pipelines.get(index)
+        if pipe is None or pipe.ps_url == ps_url:
+            return False
+        old, floor = pipe.ps_url, pipe.uploader.acked_seq + 1
+        pipe.ps_url = ps_url
+        pipe.loss = LossDetector(confirm_s=pipe.loss.confirm_s, floor=floor)
+        resend = await pipe.uploader.retarget(self._client(ps_url))
+        pipe.switches += 1
+        log.info("ps_switched", disk=pipe.disk_id, gen=pipe.generation, old_ps=old, new_ps=ps_url, first_seq=floor,
+                 resend_batches=resend, next_seq=pipe.stream.next_seq)
+        return True
 
     async def unprotect(self, index: int) -> None:
         """Protection removed: close the pipeline and forget the disk's hot extents."""

@@ -25,6 +25,7 @@ from common import errors, tls
 from common import logging as dlog
 from common.component import ControlPlane, ensure_identity
 from common.config import AgentConfig
+from common.hoststats import RateMeter
 from common.http import retrying
 
 log = dlog.get("drlab.agent.service")
@@ -50,6 +51,7 @@ class AgentService:
         self.actlog: ActivityLog | None = None
         self._ps_lost_task: asyncio.Task[None] | None = None
         self._settings_applied = asyncio.Event()
+        self._churn = RateMeter()  # client bytes written per second, between two heartbeats
 
     @property
     def machine_id(self) -> str:
@@ -132,9 +134,23 @@ class AgentService:
 
     def metrics(self) -> dict[str, Any]:
         backlog = self.replicator.backlog if self.replicator else None
-        return {"disks": {d.name: self.disk_status(d.name) for d in self.disks},
+        disks = {d.name: {**self.disk_status(d.name), **self._health(d)} for d in self.disks}
+        return {"disks": disks,
                 "backlog_bytes": backlog.bytes if backlog else 0, "backlog_waits": backlog.waits if backlog else 0,
-                "time_ns": time.time_ns()}
+                "time_ns": time.time_ns(),
+                "churn_bytes_per_s": round(sum(d["churn_bytes_per_s"] for d in disks.values()), 1)}
+
+    def _health(self, disk: DiskImage) -> dict[str, Any]:
+        """What the CS's health rules read (cs/health/rules.py): churn, and how long sends to the PS have
+        failed in a row — unreachable (no connection) or refused (any other error but a throttle)."""
+        pipe = self._pipeline(disk.name)
+        up = pipe.uploader if pipe is not None else None
+        failing = (time.time_ns() - up.failing_since_ns) / 1e9 if up and up.failing_since_ns else 0.0
+        error = up.last_error if up and failing else ""
+        return {"churn_bytes_per_s": round(self._churn.rate(disk.name, disk.bytes_written), 1),
+                "ps_unreachable_s": round(failing, 3) if error == "transport" else 0.0,
+                "upload_failing_s": round(failing, 3) if error not in ("", "transport", "throttled") else 0.0,
+                "last_error": error}
 
     def _pipeline(self, name: str) -> Pipeline | None:
         if self.replicator is None:
@@ -263,14 +279,19 @@ class AgentService:
         gen, ps_url = int(entry["generation"]), str(entry["ps_url"])
         if str(entry.get("disk_id", st.disk_id)) != st.disk_id:
             raise ValueError(f"settings name disk {name} {entry.get('disk_id')}, the CS told us {st.disk_id}")
+        if pipe is not None and gen == pipe.generation and ps_url != pipe.ps_url:
+            await self.replicator.switch_ps(index, ps_url)  # a PS switch, old PS alive: same stream
+            return
         if gen < st.generation or (pipe is not None and gen <= pipe.generation):
             return  # the settings lag behind a generation we already run (or asked for)
         if pipe is not None:
             self._remember(pipe)
             await self.replicator.close(index)
-        self._open(index, st, gen, ps_url)
+        if entry.get("resync_scope") == "hot" and gen > st.generation and (st.resync_done_seq or st.copy_partial):
+            st.next_resync_partial = True  # e.g. a PS switch with the old PS dead: the hot extents only
+        self._open(index, st, gen, ps_url, str(entry.get("resync_reason") or "ps-lost"))
 
-    def _open(self, index: int, st: DiskState, gen: int, ps_url: str) -> None:
+    def _open(self, index: int, st: DiskState, gen: int, ps_url: str, new_reason: str = "ps-lost") -> None:
         assert self.replicator is not None
         if st.generation == gen and st.resync_done_seq:  # clean restart in data mode
             self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url, next_seq=st.next_seq,
@@ -285,7 +306,7 @@ class AgentService:
                                  reason="initial" if gen == 1 else "resync")
         elif st.next_resync_partial and self.actlog is not None:  # a new generation: the hot extents only
             extents = self.actlog.extents(index)
-            reason = "unclean-shutdown" if st.generation == gen else "ps-lost"
+            reason = "unclean-shutdown" if st.generation == gen else new_reason
             st = DiskState(disk_id=st.disk_id, name=st.name, generation=gen, copy_partial=True)
             self.state.disks[st.name] = st
             self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url,

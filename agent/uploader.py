@@ -7,7 +7,10 @@ Rules:
   retried forever with backoff; other failures are retried at the maximum backoff and logged,
   except 409 stale_generation, which stops the pipeline: the disk was re-generationed and the
   settings document will start a new one;
-- ``acked_seq`` is the highest seq such that every seq up to it is durable at the PS.
+- ``acked_seq`` is the highest seq such that every seq up to it is durable at the PS;
+- :meth:`retarget` moves the stream to another PS (a PS switch in the same generation): the
+  sends in flight are cancelled and every batch not yet acknowledged is sent again, in seq
+  order, with the same bytes, to the new PS (the MT takes an identical re-send as a no-op).
 """
 
 from __future__ import annotations
@@ -42,10 +45,14 @@ class DiskUploader:
         self.ps_durable = self.mt_received = self.mt_applied = 0
         self.stale = False
         self.failures = 0
+        # health (cs/health): since when sends have failed in a row (None: the last one succeeded), and how
+        self.failing_since_ns: int | None = None
+        self.last_error = ""
         self.throttles = 0  # 507 answers received
         self.throttled_at = float("-inf")  # monotonic time of the last 507
+        self.resent_bytes = 0  # bytes queued again by :meth:`retarget` (a PS switch)
         self._acked_ahead: set[int] = set()
-        self._unacked: dict[int, int] = {}  # seq -> size
+        self._unacked: dict[int, bytes] = {}  # seq -> the batch, until the PS acknowledged it
         self._queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -54,7 +61,7 @@ class DiskUploader:
 
     @property
     def unacked_bytes(self) -> int:
-        return sum(self._unacked.values())
+        return sum(len(b) for b in self._unacked.values())
 
     @property
     def unacked_batches(self) -> int:
@@ -72,9 +79,22 @@ class DiskUploader:
         if seq != self.last_submitted + 1:
             raise ValueError(f"seq {seq} submitted after {self.last_submitted}: batches must have no gaps")
         self.last_submitted = seq
-        self._unacked[seq] = len(data)
+        self._unacked[seq] = data
         self._drained.clear()
         self._queue.put_nowait((seq, data))
+
+    async def retarget(self, client: ApiClient) -> int:
+        """Send from now on to another PS: cancel the sends in flight and queue every batch not
+        yet acknowledged again, in seq order. Returns how many batches are re-sent."""
+        await self.stop()
+        self.client = client
+        self._queue = asyncio.Queue()
+        for seq in sorted(self._unacked):
+            self._queue.put_nowait((seq, self._unacked[seq]))
+        self.resent_bytes += self.unacked_bytes
+        self.start()
+        self.log.info("uploader_retargeted", resend_batches=len(self._unacked), acked_seq=self.acked_seq)
+        return len(self._unacked)
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every submitted batch is durable at the PS; False on timeout or stale."""
@@ -111,6 +131,8 @@ class DiskUploader:
             except errors.DrlabError as exc:
                 attempt += 1
                 self.failures += 1
+                self.failing_since_ns = self.failing_since_ns or time.time_ns()
+                self.last_error = exc.code
                 await asyncio.sleep(self._delay(seq, attempt, exc))
                 continue
             self._acked(seq, body if isinstance(body, dict) else {})
@@ -139,6 +161,7 @@ class DiskUploader:
 
     def _acked(self, seq: int, body: dict[str, Any]) -> None:
         self._unacked.pop(seq, None)
+        self.failing_since_ns = None
         self._acked_ahead.add(seq)
         while self.acked_seq + 1 in self._acked_ahead:
             self.acked_seq += 1

@@ -1,11 +1,22 @@
 """What every registered component does with the CS: register once by passphrase proof,
-then heartbeat and long-poll its settings document, both as named, owned tasks."""
+then heartbeat and long-poll its settings document, both as named, owned tasks.
+
+Certificates: the control plane also renews the component's certificate (a new key and CSR,
+sent under the current certificate) once less than ``cert_renew_fraction`` of its validity
+remains, and loads it into every live TLS context of the process (common/tls.py), so servers
+and clients switch without a restart. When the CS answers 401 ``reregister_required`` (its
+passphrase was rotated) the component registers again from its passphrase file, keeping its
+component id and data; replication, which needs only the certificate, is not interrupted.
+A revoked certificate (401 ``certificate_revoked``) is never replaced automatically: an
+operator registers the component again on purpose (remove ``identity/`` and restart).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -54,15 +65,22 @@ async def register(cs_url: str, passphrase: auth.Passphrase, *, role: str, host_
                                  host_id=host_id, ca_der=tls.der_of_pem(ca_pem), cert_der=tls.der_of_pem(cert_pem))
     if not auth.equal(expected, _unb64(reply["server_proof"])):
         raise errors.Unauthorized("the configuration server did not prove knowledge of the passphrase")
-    meta = {"component_id": reply["component_id"], "role": role, "cs_url": cs_url, "host_id": host_id}
+    meta = {"component_id": reply["component_id"], "role": role, "cs_url": cs_url, "host_id": host_id,
+            "address": address, "ports": ports}
     files.write(tls.key_pem(private), cert_pem, ca_pem, meta)
+    tls.reload_contexts(files)  # a re-registration: live contexts switch to the new certificate
     log.info("registered", role=role, component_id=reply["component_id"], cs_url=cs_url)
     return meta
 
 
 async def ensure_identity(cfg: ComponentConfig, role: str, ports: dict[str, int]) -> tls.IdentityFiles:
     files = tls.IdentityFiles(cfg.data_dir / "identity")
+    files.complete_pending()
     if files.exists():
+        meta = files.read_meta()
+        if "ports" not in meta:  # registered by an older version: what re-registering will send
+            tls.durable_write(files.meta, json.dumps({**meta, "address": cfg.address, "ports": ports},
+                                                     indent=2).encode())
         return files
     if cfg.passphrase_file is None:
         raise errors.ConfigError("not registered yet and no passphrase_file configured")
@@ -92,10 +110,15 @@ class ControlPlane:
         self.settings: dict[str, Any] = {}
         self.first_settings = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._identity_lock = asyncio.Lock()
+        self.renewals = 0
+        self.reregistrations = 0
+        self._next_reregister = 0.0  # monotonic time before which no new re-registration is tried
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-                       asyncio.create_task(self._settings_loop(), name="settings-poll")]
+                       asyncio.create_task(self._settings_loop(), name="settings-poll"),
+                       asyncio.create_task(self._renew_loop(), name="cert-renewal")]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -111,14 +134,117 @@ class ControlPlane:
     async def _heartbeat_loop(self) -> None:
         attempt = 0
         while True:
+            serial = self._serial()
             try:
                 await self.heartbeat_once()
                 attempt = 0
                 await asyncio.sleep(self.cfg.heartbeat_interval_s)
             except errors.DrlabError as exc:
                 attempt += 1
-                log.warning("heartbeat_failed", error=exc.message, attempt=attempt)
-                await asyncio.sleep(min(self.cfg.heartbeat_interval_s, backoff_s(attempt, max_s=5.0)))
+                log.warning("heartbeat_failed", error=exc.message, code=exc.code, attempt=attempt)
+                if not await self._identity_refused(exc, serial):
+                    await asyncio.sleep(min(self.cfg.heartbeat_interval_s, backoff_s(attempt, max_s=5.0)))
+
+    # ------------------------------------------------------------------ certificates
+
+    def _serial(self) -> str:
+        try:
+            return tls.serial_hex(self.files.cert.read_bytes())
+        except (OSError, ValueError):
+            return ""
+
+    def _expired(self) -> bool:
+        try:
+            return tls.validity(self.files.cert.read_bytes())[1] <= time.time()
+        except (OSError, ValueError):
+            return False
+
+    async def _identity_refused(self, exc: errors.DrlabError, serial: str) -> bool:
+        """React to a refused certificate; True when a new identity is in place (retry at once)."""
+        if exc.code == "reregister_required":
+            return await self.reregister(serial)
+        if exc.code == "certificate_revoked":
+            log.error("certificate_revoked", component_id=self.component_id,
+                      action="register again with the passphrase: remove identity/ and restart")
+        return False
+
+    async def renew_once(self) -> None:
+        """A new key and certificate from the CS (same component id), loaded into every live context."""
+        meta = self.files.read_meta()
+        key = tls.new_key()
+        csr = tls.make_csr(key, str(meta["role"]), str(meta.get("host_id") or self.component_id))
+        reply = await self.cs.post("/v1/certificate/renew", {"csr_pem": csr.decode()})
+        cert_pem, ca_pem = str(reply["cert_pem"]).encode(), str(reply["ca_pem"]).encode()
+        try:
+            tls.check_issued(cert_pem, self.files.ca.read_bytes(), key)
+        except ValueError as exc:
+            raise errors.Unauthorized(f"renewed certificate refused: {exc}") from exc
+        if reply.get("component_id") != self.component_id or ca_pem != self.files.ca.read_bytes():
+            raise errors.Unauthorized("renewed certificate is for another component or CA")
+        async with self._identity_lock:
+            await asyncio.to_thread(self.files.replace_pair, tls.key_pem(key), cert_pem)
+            tls.reload_contexts(self.files)  # on the loop's thread: contexts are not shared across threads
+        self.renewals += 1
+        log.info("certificate_renewed", component_id=self.component_id, serial=tls.serial_hex(cert_pem))
+
+    async def _renew_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                wait_s = tls.seconds_until_renewal(self.files.cert.read_bytes(), self.cfg.cert_renew_fraction)
+            except (OSError, ValueError) as exc:
+                log.error("certificate_unreadable", error=str(exc))
+                wait_s = self.cfg.cert_check_interval_s
+            if wait_s > 0:
+                await asyncio.sleep(min(wait_s, self.cfg.cert_check_interval_s))
+                continue
+            serial = self._serial()
+            try:
+                await self.renew_once()
+                attempt = 0
+            except errors.DrlabError as exc:
+                attempt += 1
+                log.warning("certificate_renewal_failed", error=exc.message, code=exc.code, attempt=attempt)
+                if await self._identity_refused(exc, serial):
+                    continue
+                if self._expired() and exc.retriable:  # TLS refuses an expired certificate: start over
+                    log.warning("certificate_expired", component_id=self.component_id)
+                    if await self.reregister(serial):
+                        continue
+                await asyncio.sleep(backoff_s(attempt, max_s=self.cfg.retry_max_backoff_s))
+
+    async def reregister(self, refused_serial: str = "") -> bool:
+        """Register again with the passphrase file (after a rotation): same role, host id, address
+        and ports, so the CS keeps the component id. True when a new certificate is in place."""
+        async with self._identity_lock:
+            if refused_serial and self._serial() != refused_serial:
+                return True  # another loop re-registered meanwhile
+            if time.monotonic() < self._next_reregister:
+                return False  # a failed attempt just now: every attempt costs the CS a key derivation
+            self._next_reregister = time.monotonic() + self.cfg.heartbeat_interval_s
+            meta = self.files.read_meta()
+            if self.cfg.passphrase_file is None or "ports" not in meta:
+                log.error("reregister_impossible", component_id=self.component_id,
+                          reason="no passphrase_file configured" if self.cfg.passphrase_file is None
+                          else "the identity does not record the ports")
+                return False
+            try:
+                passphrase = auth.read_passphrase_file(str(self.cfg.passphrase_file))
+                new = await register(self.cfg.cs_url, passphrase, role=str(meta["role"]),
+                                     host_id=str(meta.get("host_id") or meta["role"]),
+                                     address=str(meta.get("address") or self.cfg.address),
+                                     ports={k: int(v) for k, v in dict(meta["ports"]).items()}, files=self.files,
+                                     timeout_s=self.cfg.request_timeout_s)
+            except (errors.DrlabError, OSError) as exc:
+                log.error("reregister_failed", component_id=self.component_id,
+                          error=getattr(exc, "message", type(exc).__name__))
+                return False
+        if new["component_id"] != self.component_id:
+            log.error("reregister_changed_id", old=self.component_id, new=new["component_id"])
+        await self.cs.close()  # pooled connections still present the refused certificate
+        self.reregistrations += 1
+        log.info("reregistered", component_id=self.component_id)
+        return True
 
     async def poll_once(self, wait_s: float) -> bool:
         reply = await self.cs.get("/v1/settings", params={"version": self.settings_version, "wait_s": wait_s},
@@ -134,10 +260,12 @@ class ControlPlane:
     async def _settings_loop(self) -> None:
         attempt = 0
         while True:
+            serial = self._serial()
             try:
                 await self.poll_once(self.cfg.settings_wait_s if self.first_settings.is_set() else 0)
                 attempt = 0
             except errors.DrlabError as exc:
                 attempt += 1
-                log.warning("settings_poll_failed", error=exc.message, attempt=attempt)
-                await asyncio.sleep(backoff_s(attempt, max_s=self.cfg.retry_max_backoff_s))
+                log.warning("settings_poll_failed", error=exc.message, code=exc.code, attempt=attempt)
+                if not await self._identity_refused(exc, serial):
+                    await asyncio.sleep(backoff_s(attempt, max_s=self.cfg.retry_max_backoff_s))

@@ -41,6 +41,63 @@ class ComponentConfig:
     settings_wait_s: float = 25.0
     request_timeout_s: float = 30.0
     retry_max_backoff_s: float = 5.0
+    # certificates (common/component.py): renew once less than this fraction of the validity remains
+    cert_renew_fraction: float = 0.33
+    cert_check_interval_s: float = 3600.0  # the longest sleep between two looks at the certificate
+
+
+@dataclass
+class HealthConfig:
+    """Health rules of the CS (cs/health/) and its alert webhook (cs/webhook.py). Defaults are the
+    emulated system's (ARCHITECTURE.md §5); a condition raises only once it has held for its
+    whole window (``*_window_s``; 0: at once) and clears as soon as it stops holding."""
+
+    evaluate_interval_s: float = 10.0  # the periodic evaluator: no heartbeat, windows, RPO
+    ps_cpu_warning_pct: float = 80.0
+    ps_cpu_critical_pct: float = 95.0
+    ps_cpu_window_s: float = 900.0
+    ps_memory_warning_pct: float = 80.0
+    ps_memory_critical_pct: float = 95.0
+    ps_memory_window_s: float = 900.0
+    ps_cache_free_warning_pct: float = 30.0  # under this share of the cache free
+    ps_cache_free_critical_pct: float = 25.0
+    ps_cache_free_window_s: float = 900.0
+    ps_backlog_age_warning_s: float = 1800.0  # the oldest batch not yet uploaded is older than this
+    ps_backlog_age_critical_s: float = 2700.0
+    ps_backlog_window_s: float = 0.0  # the age is a duration already
+    ps_heartbeat_timeout_s: float = 900.0  # 806
+    mt_heartbeat_timeout_s: float = 900.0  # 78022
+    agent_heartbeat_timeout_s: float = 900.0  # 78174
+    ps_unreachable_after_s: float = 300.0  # 78186: an agent's sends to its PS fail to connect this long
+    upload_failures_after_s: float = 300.0  # 78028: an agent's sends to its PS are refused this long
+    churn_machine_max_bytes_per_s: float = 54e6  # 78188: supported peak churn of one machine (54 MB/s)
+    churn_disk_max_bytes_per_s: float = 20e6  # ... and of one disk (2-20 MB/s)
+    churn_window_s: float = 900.0
+    rpo_threshold_s: float = 900.0  # for a disk whose policy names none
+    rpo_window_s: float = 0.0  # RPO is an age already
+    webhook_url: str = field(default="", repr=False)  # https://[user:token@]host[:port]/path; empty: none
+    webhook_ca_file: Path | None = None  # CA bundle to verify the webhook's server (default: the system's)
+    webhook_timeout_s: float = 10.0
+    webhook_poll_interval_s: float = 5.0  # how often the outbox is looked at when nothing woke it
+    webhook_retry_max_backoff_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("cpu", "memory"):
+            warn, crit = getattr(self, f"ps_{name}_warning_pct"), getattr(self, f"ps_{name}_critical_pct")
+            if not 0.0 <= warn <= crit <= 100.0:
+                raise ConfigError(f"need 0 <= ps_{name}_warning_pct <= ps_{name}_critical_pct <= 100")
+        if not 0.0 <= self.ps_cache_free_critical_pct <= self.ps_cache_free_warning_pct <= 100.0:
+            raise ConfigError("need 0 <= ps_cache_free_critical_pct <= ps_cache_free_warning_pct <= 100")
+        if not 0.0 <= self.ps_backlog_age_warning_s <= self.ps_backlog_age_critical_s:
+            raise ConfigError("need 0 <= ps_backlog_age_warning_s <= ps_backlog_age_critical_s")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not value >= 0.0:
+                raise ConfigError(f"health.{f.name} must be >= 0")
+        if self.evaluate_interval_s <= 0 or self.webhook_timeout_s <= 0 or self.webhook_poll_interval_s <= 0:
+            raise ConfigError("evaluate_interval_s, webhook_timeout_s and webhook_poll_interval_s must be > 0")
+        if self.webhook_url and not self.webhook_url.startswith("https://"):
+            raise ConfigError("health.webhook_url must be an https:// URL")  # never echo it: it may hold a token
 
 
 @dataclass
@@ -49,19 +106,39 @@ class CSConfig:
     listen_host: str = "127.0.0.1"
     port: int = CS_PORT
     fallback_port: int = CS_FALLBACK_PORT
-    db_url: str = ""  # default: sqlite+aiosqlite:///{data_dir}/cs.db
+    # default: sqlite+aiosqlite:///{data_dir}/cs.db; or postgresql+asyncpg://user[:password]@host/db
+    # (kept out of reprs: it may hold a password; asyncpg also reads PGPASSWORD and ~/.pgpass)
+    db_url: str = field(default="", repr=False)
     long_poll_max_s: float = 30.0
     challenge_ttl_s: float = 60.0
     heartbeat_timeout_s: float = 900.0  # 15 minutes, as documented
     cert_validity_days: int = 365
+    cert_validity_s: float = 0.0  # when > 0, overrides cert_validity_days (tests use seconds)
+    cert_renew_fraction: float = 0.33  # the CS's own and the admin's certificates: renew below this fraction
+    cert_check_interval_s: float = 3600.0  # the longest sleep between two looks at the CS's certificates
+    revocation_refresh_s: float = 1.0  # how often revoked / stale serials are re-read (other CS processes)
     log_file: Path | None = None
     # bookmarks (cs/bookmarks.py): a group bookmark aborts unless every member froze within its timeout
     bookmark_timeout_s: float = 30.0  # the default; a request may ask for 0.1 .. bookmark_max_timeout_s
     bookmark_max_timeout_s: float = 600.0
     bookmark_sweep_interval_s: float = 0.2  # how often bookmarks past their deadline are aborted
+    # operator logins (cs/operators.py): session lifetime, and failed logins per client address
+    # (a burst of login_fail_burst, then one per login_fail_interval_s; 429 beyond)
+    session_ttl_s: float = 8 * 3600.0
+    login_fail_burst: int = 5
+    login_fail_interval_s: float = 12.0
+    # the job runner (cs/runner.py): how often an idle runner looks for jobs (a change in this process
+    # wakes it sooner), and how long a claim lasts without renewal (a dead CS's jobs wait this long)
+    job_poll_interval_s: float = 1.0
+    job_lease_s: float = 30.0
+    health: HealthConfig = field(default_factory=HealthConfig)  # [health]: cs/health/, cs/webhook.py
 
     def database_url(self) -> str:
         return self.db_url or f"sqlite+aiosqlite:///{self.data_dir / 'cs.db'}"
+
+    def cert_validity(self) -> float:
+        """Validity of the certificates the CS issues, in seconds."""
+        return self.cert_validity_s if self.cert_validity_s > 0 else self.cert_validity_days * 86400.0
 
 
 @dataclass
@@ -123,6 +200,9 @@ class AgentConfig(ComponentConfig):
     resync_chunk_bytes: int = 1 * MiB
     hash_block_bytes: int = 1 * MiB  # checksum resync and verify: one xxh3-128 hash per block
     hash_request_bytes: int = 32 * MiB  # disk bytes whose block hashes one request asks the MT for
+    # hot extents only (after a crash, a lost or switched PS): finer blocks, so that an extent with a
+    # few un-applied writes re-sends their blocks and not the whole extent
+    hot_hash_block_bytes: int = 64 * 1024
     verify_rounds: int = 6  # online verify: rounds re-checking blocks that differed (then: unsettled)
     actlog_extent_bytes: int = 1 * MiB  # activity-log granularity
     actlog_linger_s: float = 2.0  # an extent stays hot this long after its last write is applied
@@ -148,10 +228,11 @@ class AgentConfig(ComponentConfig):
             raise ConfigError(f"nbd_port {self.nbd_port} is not a TCP port")
         if not 4096 <= self.nbd_max_request_bytes <= 32 * MiB:
             raise ConfigError(f"nbd_max_request_bytes {self.nbd_max_request_bytes} is not in [4096, 32 MiB]")
-        block = self.hash_block_bytes
-        if block & (block - 1) or not 4096 <= block <= 64 * MiB or self.hash_request_bytes < block:
-            raise ConfigError(f"hash_block_bytes {block} must be a power of two in [4096, 64 MiB] and at most "
-                              f"hash_request_bytes {self.hash_request_bytes}")
+        for name in ("hash_block_bytes", "hot_hash_block_bytes"):
+            block = getattr(self, name)
+            if block & (block - 1) or not 4096 <= block <= 64 * MiB or self.hash_request_bytes < block:
+                raise ConfigError(f"{name} {block} must be a power of two in [4096, 64 MiB] and at most "
+                                  f"hash_request_bytes {self.hash_request_bytes}")
         if self.hook_timeout_s <= 0 or self.freeze_timeout_s <= 0:
             raise ConfigError("hook_timeout_s and freeze_timeout_s must be > 0")
         if self.app_consistent_interval_s < 0 or self.crash_consistent_interval_s < 0:

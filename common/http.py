@@ -1,5 +1,6 @@
 """HTTP plumbing shared by every server and client: JSON errors, deny-by-default
-authentication from the TLS client certificate, and a small typed JSON client."""
+authentication from the TLS client certificate (or, on the CS, an operator session), roles,
+and a small typed JSON client."""
 
 from __future__ import annotations
 
@@ -64,11 +65,45 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
         return web.json_response({"code": code, "message": exc.reason}, status=exc.status)
+    except Exception as exc:  # a bug: log it, answer JSON without internals (CancelledError passes through)
+        log.error("request_failed", path=request.path, method=request.method,
+                  error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        return web.json_response({"code": "internal", "message": "internal error"}, status=500)
 
 
-def auth_middleware(allow: Iterable[str] = (), revoked: Callable[[int], bool] | None = None) -> Any:
-    """Deny by default: every path needs a verified client certificate, except those in ``allow``
-    (exact paths). Route handlers check the role with :func:`require_role`."""
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+SessionLookup = Callable[[str], Awaitable[Identity | None]]
+SESSION_COOKIE = "drlab_session"
+ROUTE_ROLES_ATTR = "__drlab_roles__"  # set by cs/api/spec.py's decorator: the roles a route declares
+
+
+def role_allows(roles: Iterable[str], role: str, method: str) -> bool:
+    """Whether ``role`` may call a route open to ``roles``: a ``reader`` (read-only operator) may do
+    what ``admin`` may with GET/HEAD, and nothing else unless the route names ``reader`` itself."""
+    allowed = set(roles)
+    return role in allowed or (role == "reader" and "admin" in allowed and method in SAFE_METHODS)
+
+
+def session_token(request: web.Request) -> str | None:
+    """An operator's session token: ``Authorization: Bearer`` (API clients) or the session cookie."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.cookies.get(SESSION_COOKIE) or None
+
+
+def _route_roles(request: web.Request) -> tuple[str, ...] | None:
+    handler = getattr(request.match_info, "handler", None)
+    roles = getattr(handler, ROUTE_ROLES_ATTR, None)
+    return tuple(roles) if roles is not None else None
+
+
+def auth_middleware(allow: Iterable[str] = (), revoked: Callable[[int], bool] | None = None,
+                    sessions: SessionLookup | None = None) -> Any:
+    """Deny by default: every path needs a verified client certificate (or, when ``sessions`` is
+    given, a valid operator session), except those in ``allow`` (exact paths). A ``reader`` may only
+    read (403 on any other method unless the route declares ``reader``); a route that declares its
+    roles (cs/api/spec.py) refuses other roles here; handlers check too, with :func:`require_role`."""
     allowed = frozenset(allow)
 
     @web.middleware
@@ -76,27 +111,34 @@ def auth_middleware(allow: Iterable[str] = (), revoked: Callable[[int], bool] | 
         ident = peer_identity(request)
         if ident is not None and revoked is not None and revoked(ident.serial):
             ident = None
+        if ident is None and sessions is not None:
+            token = session_token(request)
+            ident = await sessions(token) if token else None
         request[IDENTITY] = ident  # type: ignore[index]
-        if ident is None and request.path not in allowed:
-            raise errors.Unauthorized("a valid client certificate is required")
+        if request.path in allowed:
+            return await handler(request)
+        if ident is None:
+            raise errors.Unauthorized("a valid client certificate or operator session is required")
+        roles = _route_roles(request)
+        if ident.role == "reader" and request.method not in SAFE_METHODS and "reader" not in (roles or ()):
+            raise errors.Forbidden(f"a read-only operator may not call {request.method} {request.path}")
+        if roles is not None and not role_allows(roles, ident.role, request.method):
+            raise errors.Forbidden(f"role {ident.role} may not call {request.method} {request.path}")
         return await handler(request)
 
     return middleware
 
 
 def require_role(request: web.Request, *roles: str) -> Identity:
+    """The caller's identity if its role may call this route (see :func:`role_allows`), else 403."""
     ident = identity(request)
-    if ident.role not in roles:
+    if not role_allows(roles, ident.role, request.method):
         raise errors.Forbidden(f"role {ident.role} may not call {request.method} {request.path}")
     return ident
 
 
 async def read_json(request: web.Request, max_bytes: int = 1024 * 1024) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise errors.TooLarge("request body too large")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise errors.TooLarge("request body too large")
+    raw = await read_body(request, max_bytes)  # the whole body: one read() returns what has arrived
     try:
         body = json.loads(raw or b"{}")
     except ValueError as exc:
@@ -119,8 +161,8 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
 
 
 def make_app(*, allow: Iterable[str] = (), revoked: Callable[[int], bool] | None = None,
-             client_max_size: int = 1024 * 1024) -> web.Application:
-    return web.Application(middlewares=[error_middleware, auth_middleware(allow, revoked)],
+             client_max_size: int = 1024 * 1024, sessions: SessionLookup | None = None) -> web.Application:
+    return web.Application(middlewares=[error_middleware, auth_middleware(allow, revoked, sessions)],
                            client_max_size=client_max_size)
 
 

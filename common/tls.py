@@ -3,6 +3,12 @@
 Certificates carry the component id in CN and the role in OU. Servers accept a TLS
 handshake without a client certificate (so the registration routes work) and verify one
 against the CA when it is sent; authorisation is then done per route (deny by default).
+
+Renewal without a restart: every context made from an :class:`IdentityFiles` is remembered
+(weakly); :func:`reload_contexts` loads the renewed key and certificate into all of them, so
+the next handshake of every server and client of the process uses the new certificate.
+A renewed pair is written as ``*.pending`` files first and then renamed key-then-certificate;
+:meth:`IdentityFiles.complete_pending` finishes (or drops) a replacement a crash interrupted.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ import ipaddress
 import json
 import os
 import ssl
+import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -61,10 +70,30 @@ class IdentityFiles:
 
     def write(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, meta: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        write_private(self.key, key_pem)
-        durable_write(self.cert, cert_pem)
         durable_write(self.ca, ca_pem)
         durable_write(self.meta, json.dumps(meta, indent=2).encode())
+        self.replace_pair(key_pem, cert_pem)
+
+    def _pending(self, path: Path) -> Path:
+        return path.with_name(path.name + ".pending")
+
+    def replace_pair(self, key_pem: bytes, cert_pem: bytes) -> None:
+        """Replace key and certificate so that a crash leaves a matching pair (see the module doc)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_private(self._pending(self.key), key_pem)
+        durable_write(self._pending(self.cert), cert_pem)
+        self.complete_pending()
+
+    def complete_pending(self) -> None:
+        """Finish a replacement whose certificate was written; drop one whose was not."""
+        key_p, cert_p = self._pending(self.key), self._pending(self.cert)
+        if cert_p.exists():
+            if key_p.exists():
+                os.replace(key_p, self.key)
+            os.replace(cert_p, self.cert)
+            _fsync_dir(self.directory)
+        elif key_p.exists():
+            key_p.unlink()
 
 
 def durable_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -77,7 +106,11 @@ def durable_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
@@ -141,10 +174,15 @@ def make_csr(key: ec.EllipticCurvePrivateKey, role: str, host_id: str) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def backdate_s(validity_s: float) -> float:
+    """How far before "now" a certificate starts (clock skew): 5 minutes, less for short lives."""
+    return min(300.0, validity_s / 4)
+
+
 def issue(ca_key_pem: bytes, ca_cert_pem: bytes, csr_pem: bytes, *, component_id: str, role: str,
-          hosts: list[str], days: int = 365) -> bytes:
-    """Sign a component certificate. The CSR only contributes its public key: the CS decides
-    the subject (component id, role) and the names."""
+          hosts: list[str], days: int = 365, validity_s: float | None = None) -> bytes:
+    """Sign a component certificate valid for ``validity_s`` seconds (default ``days``). The CSR
+    only contributes its public key: the CS decides the subject (component id, role) and the names."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     ca_key = serialization.load_pem_private_key(ca_key_pem, None)
@@ -153,10 +191,12 @@ def issue(ca_key_pem: bytes, ca_cert_pem: bytes, csr_pem: bytes, *, component_id
     if not csr.is_signature_valid:
         raise ValueError("CSR signature is not valid")
     now = dt.datetime.now(dt.UTC)
+    life_s = float(validity_s) if validity_s else days * 86400.0
     builder = (
         x509.CertificateBuilder().subject_name(_name(component_id, role)).issuer_name(ca_cert.subject)
         .public_key(csr.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(now - dt.timedelta(seconds=backdate_s(life_s)))
+        .not_valid_after(now + dt.timedelta(seconds=life_s))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                               ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -168,31 +208,97 @@ def issue(ca_key_pem: bytes, ca_cert_pem: bytes, csr_pem: bytes, *, component_id
 
 
 def issue_local(ca_key_pem: bytes, ca_cert_pem: bytes, files: IdentityFiles, *, component_id: str,
-                role: str, hosts: list[str], meta: dict[str, Any]) -> None:
-    """Make a key and certificate directly with the CA (for the CS itself and the admin)."""
+                role: str, hosts: list[str], meta: dict[str, Any] | None, validity_s: float | None = None) -> None:
+    """Make a key and certificate directly with the CA (for the CS itself and the admin).
+    ``meta=None`` renews an existing identity: only key and certificate are replaced."""
     key = new_key()
     cert = issue(ca_key_pem, ca_cert_pem, make_csr(key, role, component_id), component_id=component_id,
-                 role=role, hosts=hosts)
-    files.write(key_pem(key), cert, ca_cert_pem, meta)
+                 role=role, hosts=hosts, validity_s=validity_s)
+    if meta is None:
+        files.replace_pair(key_pem(key), cert)
+    else:
+        files.write(key_pem(key), cert, ca_cert_pem, meta)
+
+
+def serial_hex(cert_pem: bytes) -> str:
+    return format(x509.load_pem_x509_certificate(cert_pem).serial_number, "x")
+
+
+def validity(cert_pem: bytes) -> tuple[float, float]:
+    """(not before, not after) of a certificate, in seconds since the epoch."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+
+
+def renew_at(cert_pem: bytes, fraction: float) -> float:
+    """When to renew: once less than ``fraction`` of the certificate's validity period remains."""
+    start, end = validity(cert_pem)
+    return end - fraction * (end - start)
+
+
+def seconds_until_renewal(cert_pem: bytes, fraction: float, now: float | None = None) -> float:
+    return renew_at(cert_pem, fraction) - (time.time() if now is None else now)
+
+
+def cert_hosts(cert_pem: bytes) -> list[str]:
+    """The DNS names and IP addresses a certificate names (its subject alternative names)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+
+
+def check_issued(cert_pem: bytes, ca_pem: bytes, key: ec.EllipticCurvePrivateKey) -> None:
+    """Refuse (ValueError) a certificate not signed by the CA or not for our key."""
+    cert, ca = x509.load_pem_x509_certificate(cert_pem), x509.load_pem_x509_certificate(ca_pem)
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ValueError(f"certificate not issued by the CA: {exc}") from exc
+    if cert.public_key() != key.public_key():
+        raise ValueError("certificate is not for our key")
 
 
 def der_of_pem(pem: bytes) -> bytes:
     return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
 
 
+_LIVE: dict[Path, weakref.WeakSet[ssl.SSLContext]] = {}
+
+
+def _remember(files: IdentityFiles, ctx: ssl.SSLContext) -> ssl.SSLContext:
+    _LIVE.setdefault(files.directory.resolve(), weakref.WeakSet()).add(ctx)
+    return ctx
+
+
+def reload_contexts(files: IdentityFiles) -> int:
+    """Load the current key and certificate of ``files`` into every live context made from them
+    (new handshakes use them; open connections keep theirs). Returns how many were reloaded."""
+    files.complete_pending()
+    live = list(_LIVE.get(files.directory.resolve(), ()))
+    for ctx in live:
+        ctx.load_cert_chain(str(files.cert), str(files.key))
+    return len(live)
+
+
 def server_context(files: IdentityFiles) -> ssl.SSLContext:
+    files.complete_pending()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(files.ca))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(files.cert), str(files.key))
     ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
+    return _remember(files, ctx)
 
 
 def client_context(files: IdentityFiles | None, ca_pem: bytes | None = None) -> ssl.SSLContext:
     """Verify the server against the CA; present our certificate when we have one."""
     if files is not None:
+        files.complete_pending()
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca))
         ctx.load_cert_chain(str(files.cert), str(files.key))
+        _remember(files, ctx)
     else:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
                                          cadata=ca_pem.decode() if ca_pem else None)

@@ -1,121 +1,117 @@
-"""Health alerts: rules over heartbeat metrics raise and clear rows of the ``alerts`` table.
+"""The alert store: rows of the ``alerts`` table raised and cleared, pages of them for the admin,
+and each component's health (its worst open alert).
 
-Pure core: :func:`conditions` turns one component's heartbeat metrics into the alert conditions
-that hold now (None when the metrics do not say, so nothing changes); :func:`reconcile` compares
-them with the source's open alerts of the codes the rules own and says what to raise and what to
-clear. Shell: :func:`observe` runs in the heartbeat's write transaction; :func:`listing` pages
-through alerts for the admin.
+The rules that decide what to raise and clear are in cs/health/ (thresholds, windows, codes of
+ARCHITECTURE.md §5). :func:`observe` is their hook in the heartbeat's write transaction; the
+periodic evaluator (cs/health/monitor.py) covers what happens between heartbeats.
 
-Rules (the emulated system's thresholds; more — CPU, memory, heartbeat age, RPO, with their
-windows — plug in here as further rules):
-- ``ps_throttled``: a PS throttles new batches (507) — ``critical`` and without a disk when the
-  whole cache is under its free-space threshold, ``warning`` for one disk over its backlog limit.
-  Cleared when the PS's heartbeat says the throttle lifted.
-
-An alert is identified by (code, source component, disk or none); at most one of them is open.
+An alert is identified by (code, source component, disk or none); at most one of them is open —
+the partial unique index holds it even across CS processes, and :func:`open_alert` /
+:func:`close_alert` are written so that two processes racing on one key raise or clear it once.
+While a webhook is configured, every raise and clear also writes its event to the outbox
+(cs/webhook.py) in the same transaction.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import logging as dlog
+from common.config import HealthConfig
 from cs.db import repo
-from cs.db.models import Alert, Component
+from cs.db.models import Alert, AlertEvent, Component
+from cs.health.rules import RANK
+from cs.health.windows import Condition
 from cs.state import CSState
 
 log = dlog.get("drlab.cs.alerts")
 
-PS_THROTTLED = "ps_throttled"
-OWNED_CODES = {"ps": (PS_THROTTLED,)}  # the codes heartbeat rules raise and clear, per role
 MAX_PAGE = 1000
-_DISK_ID = re.compile(r"^[0-9a-f]{32}$")
-
-Key = tuple[str, str | None]  # (code, disk id)
 
 
-@dataclass(frozen=True)
-class Condition:
-    code: str
-    severity: str
-    disk_id: str | None
-    message: str
-
-    @property
-    def key(self) -> Key:
-        return self.code, self.disk_id
+def insert_ignoring_conflicts(session: AsyncSession, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the session's engine (SQLite or PostgreSQL)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
 
 
-# -- pure rules ------------------------------------------------------------------------------
+# -- raise and clear -------------------------------------------------------------------------
 
 
-def conditions(role: str, metrics: dict[str, Any]) -> list[Condition] | None:
-    """The conditions ``metrics`` show for a component of ``role``; None: they do not say."""
-    if role == "ps":
-        return ps_conditions(metrics)
-    return None
+async def open_alerts(session: AsyncSession, sources: Collection[str] | None = None) -> list[Alert]:
+    """Every open alert, or those of ``sources``."""
+    stmt = select(Alert).where(Alert.cleared_ns.is_(None))
+    if sources is not None:
+        stmt = stmt.where(Alert.source_id.in_(list(sources)))
+    return list((await session.scalars(stmt)).all())
 
 
-def ps_conditions(metrics: dict[str, Any]) -> list[Condition] | None:
-    throttle = metrics.get("throttle")
-    if not isinstance(throttle, dict) or not isinstance(throttle.get("active"), bool):
+async def open_alert(session: AsyncSession, comp: Component, c: Condition, now_ns: int, *,
+                     notify: bool = False) -> Alert | None:
+    """Raise ``c`` for ``comp``; None if an alert of that key is open already (raised elsewhere)."""
+    values = {"code": c.code, "severity": c.severity, "source_id": comp.component_id, "disk_id": c.disk_id,
+              "message": c.message, "raised_ns": now_ns, "cleared_ns": None}
+    alert_id = (await session.execute(insert_ignoring_conflicts(session, Alert).values(**values)
+                                      .returning(Alert.alert_id))).scalar()
+    if alert_id is None:
         return None
-    out: list[Condition] = []
-    if throttle["active"]:
-        out.append(Condition(PS_THROTTLED, "critical", None,
-                             f"the process server throttles every disk ({throttle.get('reason', '?')}): cache "
-                             f"{_num(throttle.get('free_pct'))} % free, under {_num(throttle.get('threshold_pct'))} %"))
-    disks = metrics.get("disks")
-    for disk_id, disk in (disks.items() if isinstance(disks, dict) else ()):
-        state = disk.get("throttle") if isinstance(disk, dict) else None
-        if _DISK_ID.match(str(disk_id)) and isinstance(state, dict) and state.get("active") is True:
-            out.append(Condition(PS_THROTTLED, "warning", str(disk_id),
-                                 f"the process server throttles disk {disk_id} ({state.get('reason', '?')}): "
-                                 f"{_num(disk.get('backlog_bytes'))} bytes not yet at the master target"))
-    return out
+    alert = Alert(alert_id=alert_id, **values)
+    log.warning("alert_raised", code=c.code, severity=c.severity, source=comp.host_id, role=comp.role,
+                disk_id=c.disk_id, message=c.message)
+    if notify:
+        enqueue(session, alert, comp, "raised", now_ns)
+    return alert
 
 
-def _num(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
+async def close_alert(session: AsyncSession, alert: Alert, comp: Component | None, now_ns: int, *,
+                      notify: bool = False) -> bool:
+    """Clear ``alert``; False if it was cleared already (by another CS process)."""
+    result = await session.execute(update(Alert).where(Alert.alert_id == alert.alert_id, Alert.cleared_ns.is_(None))
+                                   .values(cleared_ns=now_ns).execution_options(synchronize_session=False))
+    if not getattr(result, "rowcount", 0):
+        return False
+    alert.cleared_ns = now_ns
+    log.info("alert_cleared", code=alert.code, source=comp.host_id if comp else alert.source_id,
+             disk_id=alert.disk_id, lasted_s=round((now_ns - alert.raised_ns) / 1e9, 3))
+    if notify:
+        enqueue(session, alert, comp, "cleared", now_ns)
+    return True
 
 
-def reconcile(open_keys: Iterable[Key], wanted: list[Condition]) -> tuple[list[Condition], list[Key]]:
-    """(conditions to raise: not open yet, keys to clear: open but no longer wanted)."""
-    opened = set(open_keys)
-    wanted_keys = {c.key for c in wanted}
-    to_raise = list({c.key: c for c in wanted if c.key not in opened}.values())
-    return to_raise, sorted(opened - wanted_keys, key=lambda k: (k[0], k[1] or ""))
+def enqueue(session: AsyncSession, alert: Alert, comp: Component | None, event: str, now_ns: int) -> None:
+    """The webhook's outbox row for ``event`` (raised | cleared) of ``alert``."""
+    session.add(AlertEvent(alert_id=alert.alert_id, event=event, body=alert_view(alert, comp), created_ns=now_ns,
+                           delivered_ns=None, attempts=0, next_attempt_ns=0, lease_until_ns=0, last_error=None))
 
 
-# -- the shell -------------------------------------------------------------------------------
+# -- the heartbeat hooks ---------------------------------------------------------------------
 
 
-async def observe(session: AsyncSession, comp: Component, metrics: dict[str, Any], now_ns: int) -> None:
+async def observe(session: AsyncSession, comp: Component, metrics: dict[str, Any], now_ns: int,
+                  health: HealthConfig | None = None) -> None:
     """Raise and clear ``comp``'s alerts from its heartbeat (inside the heartbeat's transaction)."""
-    codes = OWNED_CODES.get(comp.role)
-    wanted = conditions(comp.role, metrics) if codes else None
-    if codes is None or wanted is None:
-        return
-    stmt = select(Alert).where(Alert.source_id == comp.component_id, Alert.cleared_ns.is_(None),
-                               Alert.code.in_(codes))
-    rows = {(a.code, a.disk_id): a for a in (await session.scalars(stmt)).all()}
-    to_raise, to_clear = reconcile(rows, wanted)
-    for c in to_raise:
-        session.add(Alert(code=c.code, severity=c.severity, source_id=comp.component_id, disk_id=c.disk_id,
-                          message=c.message, raised_ns=now_ns, cleared_ns=None))
-        log.warning("alert_raised", code=c.code, severity=c.severity, source=comp.host_id, disk_id=c.disk_id,
-                    message=c.message)
-    for key in to_clear:
-        alert = rows[key]
-        alert.cleared_ns = now_ns
-        log.info("alert_cleared", code=alert.code, source=comp.host_id, disk_id=alert.disk_id,
-                 lasted_s=round((now_ns - alert.raised_ns) / 1e9, 3))
+    from cs.health.engine import observe as evaluate  # the rules use this store: imported here
+
+    cfg = health or HealthConfig()
+    await evaluate(session, cfg, comp, metrics, now_ns, notify=bool(cfg.webhook_url))
+
+
+async def observe_many(session: AsyncSession, beats: Sequence[tuple[Component, dict[str, Any], int]],
+                       health: HealthConfig | None = None) -> None:
+    """:func:`observe` for a batch of heartbeats written in one transaction: ``[(comp, metrics,
+    now_ns)]``, one read for the whole batch when every component is healthy."""
+    from cs.health.engine import observe_many as evaluate  # the rules use this store: imported here
+
+    cfg = health or HealthConfig()
+    await evaluate(session, cfg, beats, notify=bool(cfg.webhook_url))
+
+
+# -- reading ---------------------------------------------------------------------------------
 
 
 def alert_view(a: Alert, comp: Component | None) -> dict[str, Any]:
@@ -123,6 +119,17 @@ def alert_view(a: Alert, comp: Component | None) -> dict[str, Any]:
             "source_role": comp.role if comp else None, "source_host": comp.host_id if comp else None,
             "disk_id": a.disk_id, "message": a.message, "raised_ns": a.raised_ns, "cleared_ns": a.cleared_ns,
             "active": a.cleared_ns is None}
+
+
+async def health_by_source(session: AsyncSession) -> dict[str, str]:
+    """{component id: its worst open alert's severity} for components with open alerts."""
+    rows = await session.execute(select(Alert.source_id, Alert.severity).where(Alert.cleared_ns.is_(None))
+                                 .group_by(Alert.source_id, Alert.severity))
+    out: dict[str, str] = {}
+    for source_id, severity in rows.all():
+        if RANK.get(severity, 0) > RANK.get(out.get(source_id, "ok"), 0):
+            out[source_id] = severity
+    return out
 
 
 async def listing(state: CSState, *, active: bool | None, limit: int, before: int | None) -> dict[str, Any]:

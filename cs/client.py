@@ -18,6 +18,20 @@ Point = str | dict[str, int]
 FINAL_JOB_STATES = ("succeeded", "failed")
 
 
+async def all_pages(api: ApiClient, path: str, params: dict[str, Any] | None = None, *, most: int | None = None,
+                    page_size: int = 1000) -> list[dict[str, Any]]:
+    """Every item of a list route (``{items, next}``), following ``next``; at most ``most`` items."""
+    query: dict[str, Any] = {**(params or {}), "limit": min(page_size, most or page_size)}
+    items: list[dict[str, Any]] = []
+    while most is None or len(items) < most:
+        page = await api.get(path, params=query)
+        items += page["items"]
+        if page.get("next") is None:
+            break
+        query["cursor"] = page["next"]
+    return items if most is None else items[:most]
+
+
 class CSAdminClient:
     def __init__(self, cs_url: str, files: tls.IdentityFiles, *, timeout_s: float = 30.0) -> None:
         self.cs_url = cs_url
@@ -37,13 +51,14 @@ class CSAdminClient:
         await self._api.close()
 
     async def components(self) -> list[dict[str, Any]]:
-        return list((await self._api.get("/v1/components"))["items"])
+        return await all_pages(self._api, "/v1/components")
 
     async def disks(self) -> list[dict[str, Any]]:
-        return list((await self._api.get("/v1/disks"))["items"])
+        return await all_pages(self._api, "/v1/disks")
 
-    async def protect(self, machine_id: str) -> list[dict[str, Any]]:
-        return list((await self._api.post(f"/v1/machines/{machine_id}/protect"))["disks"])
+    async def protect(self, machine_id: str, policy: str | None = None) -> list[dict[str, Any]]:
+        body = {"policy": policy} if policy is not None else None
+        return list((await self._api.post(f"/v1/machines/{machine_id}/protect", body))["disks"])
 
     async def failover(self, disk_id: str, point: Point = "latest") -> str:
         return str((await self._api.post(f"/v1/disks/{disk_id}/failover", {"point": point}))["job_id"])
@@ -55,6 +70,10 @@ class CSAdminClient:
     async def machine_failover(self, machine_id: str, point: Point = "latest") -> str:
         """Fail every protected disk of the machine over to one machine point; returns the job id."""
         return str((await self._api.post(f"/v1/machines/{machine_id}/failover", {"point": point}))["job_id"])
+
+    async def ps_move(self, ps_id: str, kind: str, body: dict[str, Any]) -> str:
+        """Queue a PS ``switch`` (every machine) or ``balance`` (``machine_ids``) job; returns its id."""
+        return str((await self._api.post(f"/v1/ps/{ps_id}/{kind}", body))["job_id"])
 
     async def job(self, job_id: str) -> dict[str, Any]:
         return dict(await self._api.get(f"/v1/jobs/{job_id}"))

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
 from common import logging as dlog
-from cs import validate
+from cs import protection, validate
 from cs.db import repo
 from cs.db.models import Component, Disk, Resync
 from cs.state import CSState
@@ -36,7 +36,7 @@ STATES = ("unprotected", "enabling", "initial-replication", "protected", "resync
           "resyncing", "failover-in-progress", "failed-over", "committed", "reprotecting", "failback",
           "failed-back")
 MAX_DISKS = 64
-# known reasons: initial, unclean-shutdown, ps-lost, user, verify, target, disk-resize (open-ended)
+# known reasons: initial, unclean-shutdown, ps-lost, ps-switch, user, verify, target, disk-resize (open-ended)
 REASON = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 RESYNC_MODES = ("", "copy", "checksum")
 MAX_HISTORY = 1000
@@ -250,7 +250,8 @@ def _least_loaded(candidates: list[Component], load: dict[str, int], what: str) 
     return min(candidates, key=lambda c: (load.get(c.component_id, 0), c.registered_at, c.component_id))
 
 
-async def protect(state: CSState, machine_id: str) -> list[dict[str, Any]]:
+async def protect(state: CSState, machine_id: str, policy: str | None = None) -> list[dict[str, Any]]:
+    """Protect every disk of the machine, under ``policy`` (default: the default policy)."""
     async with state.change() as session:
         machine = await session.get(Component, machine_id)
         if machine is None or machine.role != "agent":
@@ -263,6 +264,7 @@ async def protect(state: CSState, machine_id: str) -> list[dict[str, Any]]:
             if disk.ps_id is None:
                 _enable(disk, ps_id, mt_id)
                 await start_resync(session, disk, "initial")
+        await protection.on_protect(session, machine, policy)  # the protected item: machine + policy
         last = await latest_resyncs(session, [d.disk_id for d in disks])
         views = [disk_view(d, last.get(d.disk_id)) for d in disks]
     log.info("protected", machine_id=machine_id, ps_id=ps_id, mt_id=mt_id,

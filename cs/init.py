@@ -29,7 +29,7 @@ async def init_cs(cfg: CSConfig, *, hosts: list[str]) -> auth.Passphrase:
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(cfg.database_url())
     try:
-        await db.create_all()
+        await db.upgrade()  # the schema, through the alembic migrations
         async with db.read() as session:
             if await meta.is_initialised(session):
                 raise errors.ConfigError(f"the database {db!r} is already initialised")
@@ -54,6 +54,6 @@ def _auth_params(passphrase: auth.Passphrase) -> meta.AuthParams:
 def _write_files(layout: Layout, cfg: CSConfig, hosts: list[str], passphrase: auth.Passphrase) -> None:
     ca = CA.create(layout)
     cs_url = f"https://{url_host(hosts[0])}:{cfg.port}"
-    ca.issue_local(layout.identity, role="cs", hosts=hosts, cs_url=cs_url)
-    ca.issue_local(layout.admin, role="admin", hosts=[], cs_url=cs_url)
+    ca.issue_local(layout.identity, role="cs", hosts=hosts, cs_url=cs_url, validity_s=cfg.cert_validity())
+    ca.issue_local(layout.admin, role="admin", hosts=[], cs_url=cs_url, validity_s=cfg.cert_validity())
     tls.write_private(layout.passphrase_file, (passphrase.value + "\n").encode())

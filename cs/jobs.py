@@ -13,6 +13,8 @@ import time
 import uuid
 from typing import Any
 
+from sqlalchemy import select, tuple_
+
 from common import errors
 from common import logging as dlog
 from cs import machines, validate
@@ -29,7 +31,9 @@ MAX_ERROR_CHARS = 4000
 def job_view(job: Job) -> dict[str, Any]:
     view = {"job_id": job.job_id, "kind": job.kind, "disk_id": job.disk_id, "state": job.state,
             "params": job.params, "result": job.result, "error": job.error, "created_ns": job.created_ns,
-            "updated_ns": job.updated_ns}
+            "updated_ns": job.updated_ns, "steps": list(job.steps or []), "percent": float(job.percent or 0.0),
+            "started_ns": job.started_ns, "ended_ns": job.ended_ns, "claimed_by": job.claimed_by,
+            "lease_until_ns": job.lease_until_ns, "attempts": int(job.attempts or 0)}
     if job.kind == machines.MACHINE_KIND:  # its disk_id column holds the machine id
         view["machine_id"], view["disk_id"] = job.disk_id, None
     return view
@@ -83,6 +87,35 @@ async def get(state: CSState, job_id: str) -> dict[str, Any]:
         return job_view(job)
 
 
+def parse_cursor(text: str | None) -> tuple[int, str] | None:
+    """A listing cursor ``<created_ns>-<job_id>`` (the ``next`` of the previous page)."""
+    if text is None:
+        return None
+    created, _, job_id = text.partition("-")
+    if not created.isascii() or not created.isdigit() or len(created) > 19:
+        raise errors.BadRequest("before must be a cursor returned as next by a previous page")
+    return int(created), validate.hex_id(job_id, "before")
+
+
+async def listing(state: CSState, *, job_state: str | None, kind: str | None, target_id: str | None,
+                  limit: int, before: tuple[int, str] | None) -> dict[str, Any]:
+    """One page of jobs, newest first: ``{items, next}`` (``next``: the cursor of the next page, or null)."""
+    stmt = select(Job).order_by(Job.created_ns.desc(), Job.job_id.desc()).limit(limit + 1)
+    if job_state is not None:
+        stmt = stmt.where(Job.state == job_state)
+    if kind is not None:
+        stmt = stmt.where(Job.kind == kind)
+    if target_id is not None:
+        stmt = stmt.where(Job.disk_id == target_id)
+    if before is not None:
+        stmt = stmt.where(tuple_(Job.created_ns, Job.job_id) < tuple_(*before))
+    async with state.db.read() as session:
+        rows = list((await session.scalars(stmt)).all())
+    items = [job_view(j) for j in rows[:limit]]
+    last = rows[limit - 1] if len(rows) > limit else None
+    return {"items": items, "next": f"{last.created_ns}-{last.job_id}" if last is not None else None}
+
+
 def parse_result(body: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None]:
     final = validate.choice(body, "state", FINAL_STATES)
     result = body.get("result")
@@ -109,5 +142,6 @@ async def post_result(state: CSState, mt_id: str, job_id: str,
                 raise errors.Conflict(f"job {job_id} already {job.state}")
             return
         job.state, job.result, job.error, job.updated_ns = final, result, error, time.time_ns()
+        job.ended_ns = job.updated_ns
         await machines.child_finished(session, job)  # a machine failover's next phase, if it was the last
     log.info("job_finished", job_id=job_id, state=final, error=error)

@@ -208,7 +208,7 @@ def _advance(session: AsyncSession, parent: Job, params: dict[str, Any], results
 
 def _finish(parent: Job, now: int, *, result: dict[str, Any] | None = None, error: str | None = None) -> None:
     parent.state = "failed" if error is not None else "succeeded"
-    parent.result, parent.error, parent.updated_ns = result, error, now
+    parent.result, parent.error, parent.updated_ns, parent.ended_ns = result, error, now, now
     log.info("machine_failover_finished", job_id=parent.job_id, state=parent.state,
              wnum=(result or {}).get("wnum"), error=error)
 

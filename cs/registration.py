@@ -3,25 +3,33 @@
 A challenge is single-use and expires after ``challenge_ttl_s``; it is consumed before the
 proof is checked, so a wrong proof burns it. Nothing else is stored unless the proof is right.
 Re-registering the same (role, host_id) keeps the component id and replaces the certificate,
-address, ports and version.
+address, ports and version: a machine reinstalled with a new key but the same host id gets its
+old entry (and so its disks) back, never a second one. This is also how a revoked component
+comes back, and how every component moves to a new passphrase after a rotation.
+
+Renewal (:func:`renew`) needs no passphrase: a registered component sends a new CSR under its
+current, unrevoked certificate and gets a certificate with the same id, role and passphrase
+epoch. :func:`rotate_passphrase` replaces the derived key and starts a new epoch (see
+cs/revocation.py for what that does to certificates of older epochs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography import x509
 from sqlalchemy import delete
 
 from common import auth, errors, tls
 from common import logging as dlog
-from cs import validate
+from cs import revocation, validate
 from cs.db import meta, repo
+from cs.db.engine import Database
 from cs.db.models import Challenge, Component
 from cs.state import CSState
 
@@ -102,10 +110,10 @@ async def register(state: CSState, req: RegisterRequest) -> dict[str, Any]:
         known = await repo.component_by_host(session, req.role, req.host_id)
     component_id = known.component_id if known is not None else uuid.uuid4().hex
     cert_pem = await asyncio.to_thread(state.ca.issue, req.csr_pem, component_id=component_id, role=req.role,
-                                       hosts=[req.address], days=state.cfg.cert_validity_days)
-    serial = format(x509.load_pem_x509_certificate(cert_pem).serial_number, "x")
+                                       hosts=[req.address], validity_s=state.cfg.cert_validity())
     async with state.change() as session:
-        await _upsert(session, req, component_id, serial)
+        await _upsert(session, req, component_id, tls.serial_hex(cert_pem))
+        await _record(session, cert_pem, component_id, await revocation.current_epoch(session))
     proof = auth.server_proof(params.key, server_nonce=server_nonce, client_nonce=req.client_nonce, role=req.role,
                               host_id=req.host_id, ca_der=tls.der_of_pem(state.ca.cert_pem),
                               cert_der=tls.der_of_pem(cert_pem))
@@ -113,6 +121,59 @@ async def register(state: CSState, req: RegisterRequest) -> dict[str, Any]:
              ports=req.ports, again=known is not None)
     return {"component_id": component_id, "cert_pem": cert_pem.decode(), "ca_pem": state.ca.cert_pem.decode(),
             "server_proof": base64.b64encode(proof).decode()}
+
+
+async def _record(session: Any, cert_pem: bytes, component_id: str, epoch: int) -> None:
+    expires_ns = int(tls.validity(cert_pem)[1] * 1e9)
+    await revocation.record(session, serial=tls.serial_hex(cert_pem), component_id=component_id,
+                            expires_ns=expires_ns, epoch=epoch)
+
+
+def parse_renew(body: dict[str, Any]) -> bytes:
+    return validate.string(body, "csr_pem", max_len=MAX_CSR_CHARS).encode()
+
+
+async def renew(state: CSState, ident: tls.Identity, csr_pem: bytes) -> dict[str, Any]:
+    """A new certificate for a registered component, same id, role and passphrase epoch."""
+    async with state.db.read() as session:
+        comp = await session.get(Component, ident.component_id)
+        epoch = await revocation.epoch_of(session, ident.serial)
+    if comp is None or comp.role != ident.role:
+        raise errors.Unauthorized(f"component {ident.component_id} is not registered here")
+    cert_pem = await asyncio.to_thread(state.ca.issue, csr_pem, component_id=comp.component_id, role=comp.role,
+                                       hosts=[comp.address], validity_s=state.cfg.cert_validity())
+    serial = tls.serial_hex(cert_pem)
+    async with state.db.write() as session:
+        row = await session.get(Component, comp.component_id)
+        if row is None:
+            raise errors.Unauthorized(f"component {comp.component_id} is not registered here")
+        row.cert_serial = serial
+        await _record(session, cert_pem, comp.component_id, epoch)
+    log.info("certificate_renewed", role=comp.role, component_id=comp.component_id, serial=serial)
+    return {"component_id": comp.component_id, "cert_pem": cert_pem.decode(), "ca_pem": state.ca.cert_pem.decode()}
+
+
+def derive_params(passphrase: auth.Passphrase) -> meta.AuthParams:
+    """A fresh salt and the scrypt key of ``passphrase`` (CPU-heavy: run it in a thread)."""
+    salt = os.urandom(16)
+    kdf = {"n": auth.KDF_N, "r": auth.KDF_R, "p": auth.KDF_P}
+    return meta.AuthParams(key=auth.derive_key(passphrase, salt, **kdf), salt=salt, kdf=kdf)
+
+
+async def rotate_passphrase(db: Database) -> tuple[auth.Passphrase, int]:
+    """A new passphrase and key; registrations with the old one stop working and components
+    registered under it must re-register. Returns (passphrase, new epoch)."""
+    passphrase = auth.new_passphrase()
+    params = await asyncio.to_thread(derive_params, passphrase)
+    async with db.write() as session:
+        await meta.load_auth(session)  # refuses an uninitialised database
+        epoch = await revocation.current_epoch(session) + 1
+        await meta.store_auth(session, params)
+        await meta.put(session, revocation.PASSPHRASE_EPOCH, str(epoch))
+        await session.execute(delete(Challenge))  # challenges handed out under the old salt
+        await meta.bump_version(session)
+    log.info("passphrase_rotated", epoch=epoch)
+    return passphrase, epoch
 
 
 async def _upsert(session: Any, req: RegisterRequest, component_id: str, serial: str) -> None:

@@ -10,6 +10,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common.config import CSConfig
+from cs import audit  # noqa: F401  (installs the audit hook on every session)
 from cs.ca import CA
 from cs.db import meta
 from cs.db.engine import Database

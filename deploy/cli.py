@@ -14,7 +14,7 @@ from typing import Any
 
 from common import errors, tls
 from common import logging as dlog
-from deploy import report
+from deploy import cli_cs, cli_model, cli_operators, cli_ps, report
 from deploy.topology import DEFAULT_TOPOLOGY
 from deploy.topology import load as load_topology
 
@@ -31,7 +31,7 @@ def cmd_cs_init(args: argparse.Namespace) -> int:
     from common.config import CSConfig
     from cs.init import init_cs
 
-    cfg = CSConfig(data_dir=Path(args.data_dir), listen_host=args.address, port=args.port)
+    cfg = CSConfig(data_dir=Path(args.data_dir), listen_host=args.address, port=args.port, db_url=args.db_url)
     passphrase = asyncio.run(init_cs(cfg, hosts=[args.address]))
     print("Configuration server initialised in", cfg.data_dir)
     print("Passphrase (shown once; also saved with mode 0600 in", cfg.data_dir / "passphrase.txt", "):")
@@ -120,7 +120,8 @@ def _print_items(args: argparse.Namespace, items: list[dict[str, Any]], cols: li
 
 def cmd_components(args: argparse.Namespace) -> int:
     items = _admin_call(args, lambda a: a.components())
-    return _print_items(args, items, ["component_id", "role", "host_id", "address", "version", "last_heartbeat"])
+    return _print_items(args, items, ["component_id", "role", "host_id", "address", "version", "last_heartbeat",
+                                      "health"])
 
 
 def cmd_disks(args: argparse.Namespace) -> int:
@@ -129,7 +130,7 @@ def cmd_disks(args: argparse.Namespace) -> int:
 
 
 def cmd_protect(args: argparse.Namespace) -> int:
-    out = _admin_call(args, lambda a: a.protect(args.machine_id))
+    out = _admin_call(args, lambda a: a.protect(args.machine_id, policy=args.policy))
     print(json.dumps(out, indent=2))
     return 0
 
@@ -184,8 +185,10 @@ def cmd_disk_resync(args: argparse.Namespace) -> int:
 
 
 def cmd_disk_resyncs(args: argparse.Namespace) -> int:
-    reply = _admin_api(args, lambda api: api.get(f"/v1/disks/{args.disk_id}/resyncs", params={"limit": args.limit}))
-    return _print_items(args, list(reply["items"]), ["generation", "reason", "state", "mode", "percent",
+    from cs.client import all_pages
+
+    items = _admin_api(args, lambda api: all_pages(api, f"/v1/disks/{args.disk_id}/resyncs", most=args.limit))
+    return _print_items(args, items, ["generation", "reason", "state", "mode", "percent",
                                                      "bytes_total", "bytes_compared", "bytes_sent", "started_ns",
                                                      "ended_ns"])
 
@@ -237,7 +240,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             items += page["items"]
             if page["next"] is None:
                 break
-            params["before"] = page["next"]
+            params["cursor"] = page["next"]
         return items[:args.limit]
 
     items = _admin_api(args, go)
@@ -276,9 +279,10 @@ def cmd_bookmark_create(args: argparse.Namespace) -> int:
 
 
 def cmd_bookmark_list(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {"limit": args.limit} | ({"state": args.state} if args.state else {}) \
-        | ({"group": args.group} if args.group else {})
-    items = list(_admin_api(args, lambda api: api.get("/v1/bookmarks", params=params))["items"])
+    from cs.client import all_pages
+
+    params = {k: v for k, v in (("state", args.state), ("group", args.group)) if v}
+    items = _admin_api(args, lambda api: all_pages(api, "/v1/bookmarks", params, most=args.limit))
     return _print_items(args, items, ["bookmark_id", "tag", "group", "consistency", "state", "latency_ms", "reason"])
 
 
@@ -294,7 +298,9 @@ def cmd_group_set(args: argparse.Namespace) -> int:
 
 
 def cmd_group_list(args: argparse.Namespace) -> int:
-    items = list(_admin_api(args, lambda api: api.get("/v1/groups"))["items"])
+    from cs.client import all_pages
+
+    items = _admin_api(args, lambda api: all_pages(api, "/v1/groups"))
     return _print_items(args, items, ["name", "machines", "updated_ns"])
 
 
@@ -351,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--data-dir", required=True)
     init.add_argument("--address", default="127.0.0.1")
     init.add_argument("--port", type=int, default=443)
+    init.add_argument("--db-url", default="", help="postgresql+asyncpg://user@host/db (the password from "
+                      "PGPASSWORD or ~/.pgpass); default: SQLite in the data dir. The CS's config needs the same")
     init.set_defaults(func=cmd_cs_init)
+    cli_cs.add_parsers(cs)  # revoke, passphrase rotate, backup, restore
 
     lab = sub.add_parser("lab", help="the process lab").add_subparsers(dest="lab_command", required=True)
     up = lab.add_parser("up", help="start every daemon and wait until healthy")
@@ -386,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     al.set_defaults(func=cmd_alerts)
     pr = sub.add_parser("protect", help="enable protection of a machine's disks")
     pr.add_argument("machine_id")
+    pr.add_argument("--policy", default=None, help="replication policy (default: the default policy)")
     pr.set_defaults(func=cmd_protect)
     fo = sub.add_parser("failover", help="fail a disk (or a machine: --machine) over to a recovery point")
     fo.add_argument("disk_id", nargs="?", default=None)
@@ -417,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--last", action="store_true", help="show the last verify instead of starting one")
     ver.set_defaults(func=cmd_disk_verify)
     _bookmark_parsers(sub)
+    cli_operators.add_parsers(sub)
+    cli_ps.add_parsers(sub)  # drlab ps switch|balance
+    cli_model.add_parsers(sub)  # drlab site|machine|policy|plan|account|audit|jobs|job
     return p
 
 

@@ -195,6 +195,22 @@ class Catalog:
         return self._query("WHERE disk_id = ? AND (gen > ? OR (gen = ? AND seq > ?)) ORDER BY gen DESC, seq DESC",
                            (disk_id, gen, gen, seq))
 
+    def _first(self, disk_id: str, where: str, args: tuple[int, ...]) -> Point | None:
+        rows = self._query(f"WHERE disk_id = ? AND {where} LIMIT 1", (disk_id, *args))
+        return rows[0] if rows else None
+
+    def newest_below_wnum(self, disk_id: str, bound: int) -> Point | None:
+        """The newest point with ``wnum_hi < bound`` (machine points)."""
+        return self._first(disk_id, "wnum_hi < ? ORDER BY gen DESC, seq DESC", (bound,))
+
+    def next_after(self, disk_id: str, gen: int, seq: int) -> Point | None:
+        """The point right after (gen, seq)."""
+        return self._first(disk_id, "(gen > ? OR (gen = ? AND seq > ?)) ORDER BY gen, seq", (gen, gen, seq))
+
+    def first_write_after(self, disk_id: str, t_ns: int) -> Point | None:
+        """The first point holding a client write whose last write is later than ``t_ns``."""
+        return self._first(disk_id, "wnum_first > 0 AND t_last_ns > ? ORDER BY gen, seq", (t_ns,))
+
     # -- tags --------------------------------------------------------------------------------
 
     def tags_of(self, disk_id: str, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], list[str]]:

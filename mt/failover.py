@@ -83,34 +83,12 @@ def _valid(point: Point | None, spec: Any) -> Point | None:
     return point
 
 
-def _first(catalog: Catalog, disk_id: str, where: str, args: tuple[int, ...]) -> Point | None:
-    """One point by a condition and an order (through the catalog's own query helper)."""
-    rows = catalog._query(f"WHERE disk_id = ? AND {where} LIMIT 1", (disk_id, *args))
-    return rows[0] if rows else None
-
-
-def below(catalog: Catalog, disk_id: str, bound: int) -> Point | None:
-    """The newest point with ``wnum_hi < bound``."""
-    return _first(catalog, disk_id, "wnum_hi < ? ORDER BY gen DESC, seq DESC", (bound,))
-
-
-def after(catalog: Catalog, disk_id: str, point: Point) -> Point | None:
-    """The point right after ``point``."""
-    return _first(catalog, disk_id, "(gen > ? OR (gen = ? AND seq > ?)) ORDER BY gen, seq",
-                  (point.gen, point.gen, point.seq))
-
-
-def first_write_after(catalog: Catalog, disk_id: str, t_ns: int) -> Point | None:
-    """The first point holding a client write whose last write is later than ``t_ns``."""
-    return _first(catalog, disk_id, "wnum_first > 0 AND t_last_ns > ? ORDER BY gen, seq", (t_ns,))
-
-
 def at_wnum(catalog: Catalog, disk_id: str, wnum: int) -> Point:
     """The disk's state at machine boundary ``wnum`` (module docstring); 404 / 409 otherwise."""
-    point = below(catalog, disk_id, wnum + 1)
+    point = catalog.newest_below_wnum(disk_id, wnum + 1)
     if point is None:
         raise errors.NotFound(f"disk {disk_id} has no recovery point at or before wnum {wnum}")
-    nxt = after(catalog, disk_id, point)
+    nxt = catalog.next_after(disk_id, point.gen, point.seq)
     if nxt is None and point.wnum_hi < wnum:
         raise errors.Conflict(f"disk {disk_id} has points up to wnum {point.wnum_hi} only: "
                               f"its state at {wnum} is not known yet")
@@ -163,9 +141,9 @@ def probe(catalog: Catalog, disk_id: str, q: Probe) -> dict[str, Any]:
     if q.recent is not None:
         out["points"] = [compact(p) for p in reversed(catalog.recent(disk_id, q.recent))]
     if q.time_ns is not None:
-        out["after"] = compact(first_write_after(catalog, disk_id, q.time_ns))
+        out["after"] = compact(catalog.first_write_after(disk_id, q.time_ns))
     if q.below is not None:
-        out["below"] = compact(below(catalog, disk_id, q.below))
+        out["below"] = compact(catalog.newest_below_wnum(disk_id, q.below))
     return out
 
 

@@ -2,9 +2,10 @@
 (HTTPS 9080: status for the PS and admins, recovery points for admins).
 
 Order of checks for a PUT: certificate and role -> disk held here (404) and served by the
-caller PS (403) -> generation not stale (409) -> body size (413) -> open the seal (400 tampered /
-malformed), seal header == URL, full batch check with the disk size (400) -> durable staging
-(409 checksum mismatch) -> 201 (200 for an identical re-send). Nothing is staged on any error.
+caller PS, or by a PS still draining it after a PS switch (403) -> generation not stale (409)
+-> body size (413) -> open the seal (400 tampered / malformed), seal header == URL, full batch
+check with the disk size (400) -> durable staging (409 checksum mismatch) -> 201 (200 for an
+identical re-send). Nothing is staged on any error.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def disk_for(ctx: IngestContext, disk_id: str, ident: Identity) -> tuple[DiskSet
     worker = ctx.workers.get(disk_id)
     if worker is None or (disk is None and ident.role != "admin"):
         raise errors.NotFound(f"disk {disk_id} is not held by this master target")
-    if ident.role == "ps" and (disk is None or disk.ps_id != ident.component_id):
+    if ident.role == "ps" and (disk is None or not disk.sent_by(ident.component_id)):
         raise errors.Forbidden(f"disk {disk_id} is not served by the calling process server")
     return disk, worker
 

@@ -1,7 +1,12 @@
-"""Jobs from the settings document: each runs once (done ids are kept on disk so a restart does
-not redo them) and its result is POSTed to the CS with retries. Kinds: ``failover`` (an image of
-the disk at a point) and ``points`` (a probe: facts about the disk's points, for the CS's choice of
-a machine-consistent point; mt/failover.py)."""
+"""Jobs from the settings document: each runs once and its result reaches the CS.
+
+A finished job's id and its result are written to disk (``jobs_done.json``) *before* the result is
+POSTed, so a restart neither redoes the job nor loses its result: results the CS has not yet
+acknowledged are posted again (with retries) after a restart; the CS treats a repeated final
+state as a no-op. Done ids the settings document no longer lists (the CS has recorded them) are
+forgotten, so the file stays as small as the CS's open jobs. Kinds: ``failover`` (an image of the
+disk at a point) and ``points`` (a probe: facts about the disk's points, for the CS's choice of a
+machine-consistent point; mt/failover.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -33,30 +39,67 @@ class JobRunner:
         self._executor = executor
         self._cs = cs
         self._max_backoff_s = max_backoff_s
-        self.done: set[str] = self._load_done()
+        self.done, self.unsent = self._load_done()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._write_lock = threading.Lock()
+        self._version = self._written = 0
 
     def __repr__(self) -> str:
-        return f"JobRunner(done={len(self.done)}, running={sorted(self._running)})"
+        return f"JobRunner(done={len(self.done)}, unsent={sorted(self.unsent)}, running={sorted(self._running)})"
 
-    def _load_done(self) -> set[str]:
+    def _load_done(self) -> tuple[set[str], dict[str, dict[str, Any]]]:
+        """(done ids, results not yet acknowledged by the CS); an older file is a plain list of ids."""
         try:
-            return {str(j) for j in json.loads(self._done_path.read_text())}
-        except (OSError, ValueError, TypeError):
-            return set()
+            raw = json.loads(self._done_path.read_text())
+        except (OSError, ValueError):
+            return set(), {}
+        if isinstance(raw, list):
+            return {str(j) for j in raw}, {}
+        if not isinstance(raw, dict):
+            return set(), {}
+        unsent = {str(k): v for k, v in (raw.get("unsent") or {}).items() if isinstance(v, dict)}
+        return {str(j) for j in raw.get("done") or []} | set(unsent), unsent
 
-    def _mark_done(self, job_id: str) -> None:
+    async def _save(self) -> None:
+        """Write the done ids and unsent results; concurrent saves never write an older snapshot
+        over a newer one."""
+        self._version += 1
+        snapshot = self._version, json.dumps({"done": sorted(self.done), "unsent": self.unsent}).encode()
+        await asyncio.to_thread(self._write, *snapshot)
+
+    def _write(self, version: int, data: bytes) -> None:
+        with self._write_lock:
+            if version > self._written:
+                tls.durable_write(self._done_path, data)
+                self._written = version
+
+    async def _finish(self, job_id: str, body: dict[str, Any]) -> None:
         self.done.add(job_id)
-        tls.durable_write(self._done_path, json.dumps(sorted(self.done)).encode())
+        self.unsent[job_id] = body
+        await self._save()
+
+    async def _acknowledged(self, job_id: str) -> None:
+        if self.unsent.pop(job_id, None) is not None:
+            await self._save()
 
     def submit(self, jobs: list[Job]) -> None:
-        """Start every job not done and not already running."""
+        """Post results not yet acknowledged, forget done ids the document dropped, start every
+        job not done and not already running."""
+        listed = {job.job_id for job in jobs}
+        self.done -= self.done - listed - set(self.unsent) - set(self._running)  # saved with the next change
+        for job_id, body in self.unsent.items():
+            self._start(job_id, self._post(job_id, body))
         for job in jobs:
-            if job.job_id in self.done or job.job_id in self._running:
-                continue
-            task = asyncio.create_task(self._run(job), name=f"mt-job-{job.job_id}")
-            self._running[job.job_id] = task
-            task.add_done_callback(functools.partial(self._forget, job.job_id))
+            if job.job_id not in self.done:
+                self._start(job.job_id, self._run(job))
+
+    def _start(self, job_id: str, coro: Coroutine[Any, Any, None]) -> None:
+        if job_id in self._running:
+            coro.close()
+            return
+        task = asyncio.create_task(coro, name=f"mt-job-{job_id}")
+        self._running[job_id] = task
+        task.add_done_callback(functools.partial(self._forget, job_id))
 
     def _forget(self, job_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
@@ -71,12 +114,16 @@ class JobRunner:
         except OSError as exc:
             body = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
         jlog.info("job_finished", state=body["state"], error=body.get("error"))
+        await self._finish(job.job_id, body)
+        await self._post(job.job_id, body)
+
+    async def _post(self, job_id: str, body: dict[str, Any]) -> None:
         try:
-            await retrying(lambda: self._cs().post(f"/v1/jobs/{job.job_id}/result", body),
-                           what=f"job {job.job_id} result", max_backoff_s=self._max_backoff_s)
-        except errors.DrlabError as exc:
-            jlog.error("job_result_refused", error=exc.message)
-        await asyncio.to_thread(self._mark_done, job.job_id)
+            await retrying(lambda: self._cs().post(f"/v1/jobs/{job_id}/result", body),
+                           what=f"job {job_id} result", max_backoff_s=self._max_backoff_s)
+        except errors.DrlabError as exc:  # refused for good (e.g. the job is gone): nothing to retry
+            log.error("job_result_refused", job=job_id, error=exc.message)
+        await self._acknowledged(job_id)
 
     async def execute(self, job: Job) -> dict[str, Any]:
         if job.kind not in ("failover", "points"):

@@ -1,4 +1,5 @@
-"""Heartbeat metrics of the MT: per disk progress, backlog, RPO percentiles and bytes applied."""
+"""Heartbeat metrics of the MT: per disk progress, backlog, RPO percentiles, the time of the latest
+applied recovery point (the CS computes each disk's RPO from it) and bytes applied."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ def disk_metrics(worker: DiskWorker, settings_gen: int) -> dict[str, Any]:
     received, applied = store.progress(gen)
     batches, nbytes = store.staging.backlog()
     lags_ms = [lag / 1e6 for lag in list(store.lags_ns)]
+    latest = store.catalog.latest(store.disk_id)
     return {"generation": gen, "mt_received": received, "mt_applied": applied, "applied_gen": store.applied[0],
             "backlog_batches": batches, "backlog_bytes": nbytes, "applied_bytes": store.applied_bytes,
             "rpo_p50_ms": round(percentile(lags_ms, 50), 3), "rpo_p99_ms": round(percentile(lags_ms, 99), 3),
-            "apply_failures": worker.failures}
+            "apply_failures": worker.failures,
+            # the source time up to which the replica holds every write (RPO = now - this; cs/health)
+            "latest_point_ns": latest.t_last_ns if latest is not None else 0}
 
 
 def collect(workers: dict[str, DiskWorker], registry: Registry) -> dict[str, Any]:

@@ -21,6 +21,12 @@ class DiskSettings:
     size_bytes: int
     key_epoch: int
     key: bytes = field(repr=False)
+    # PSs the disk moved away from that still upload what they cached (a PS switch's drain)
+    drain_ps_ids: tuple[str, ...] = ()
+
+    def sent_by(self, ps_id: str) -> bool:
+        """Whether ``ps_id`` may send this disk's batches: its PS, or one still draining it."""
+        return bool(ps_id) and (ps_id == self.ps_id or ps_id in self.drain_ps_ids)
 
     @classmethod
     def from_doc(cls, item: dict[str, Any]) -> DiskSettings:
@@ -30,7 +36,8 @@ class DiskSettings:
                 raise ValueError("disk id")
             return cls(disk_id=disk_id, ps_id=str(item.get("ps_id") or ""), generation=int(item["generation"]),
                        size_bytes=int(item["size_bytes"]), key_epoch=int(item["key_epoch"]),
-                       key=base64.b64decode(str(item["key_b64"]), validate=True))
+                       key=base64.b64decode(str(item["key_b64"]), validate=True),
+                       drain_ps_ids=tuple(str(p) for p in item.get("drain_ps_ids") or ()))
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise errors.BadRequest(f"bad disk entry in settings: {type(exc).__name__}") from exc
 

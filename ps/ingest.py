@@ -1,7 +1,8 @@
 """The PS data app (HTTPS 9443): agents PUT change batches; nothing is cached on any error.
 
 Order of checks for a PUT: certificate and role (middleware + agent role) -> the disk is served
-here and belongs to the caller's machine (404 / 403) -> generation not stale (409) -> body size
+here and belongs to the caller's machine (404 / 403) -> not draining (503: it moved to another
+PS, whose URL the agent's settings give) -> generation not stale (409) -> body size
 (413) -> full batch validation and header == URL (400) -> durable store: 200 for an idempotent
 re-send (even while throttled), 409 checksum mismatch, 507 ``throttled`` with Retry-After for a new
 batch while the cache or the disk is throttled or the batch does not fit (ps/cache.py,
@@ -102,6 +103,8 @@ async def put_batch(request: web.Request) -> web.Response:
     gen = parse_u64(request.match_info["gen"], "generation")
     seq = parse_u64(request.match_info["seq"], "seq")
     disk = await served_disk(ctx, disk_id, ident)
+    if disk.draining:  # moved to another PS: the agent's settings name it (retriable until it follows)
+        raise errors.Unavailable(f"disk {disk_id} moved to another process server; this one only drains it")
     current = ctx.registry.generation(disk_id)
     if gen < current:
         raise errors.StaleGeneration(f"generation {gen} is older than the disk's generation {current}")

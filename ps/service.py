@@ -19,6 +19,7 @@ from common import component, errors, tls
 from common import logging as dlog
 from common.config import PSConfig
 from common.daemon import bind_socket
+from common.hoststats import CpuSampler, read_mem_pct
 from common.http import ApiClient
 from ps import hashproxy
 from ps.cache import BatchCache
@@ -49,6 +50,7 @@ class PSService:
         self._sock: socket.socket | None = None
         self._refresh_lock = asyncio.Lock()
         self._last_refresh = 0.0
+        self._cpu = CpuSampler()  # host CPU busy % between two heartbeats
 
     def __repr__(self) -> str:
         return f"PSService(id={self.component_id or '?'}, port={self.data_port})"
@@ -139,13 +141,30 @@ class PSService:
             p = self.registry.progress_of(disk_id)
             disks[disk_id] = {"backlog_batches": batches, "backlog_bytes": nbytes, "ps_durable": p.ps_durable,
                               "mt_received": p.mt_received, "mt_applied": p.mt_applied,
-                              "uploaded_bytes": p.uploaded_bytes, "uploaded_batches": p.uploaded_batches}
+                              "uploaded_bytes": p.uploaded_bytes, "uploaded_batches": p.uploaded_batches,
+                              "draining": bool((d := self.registry.disks.get(disk_id)) and d.draining)}
             if cache:
                 disks[disk_id]["throttle"] = cache.throttle.disk_metrics(disk_id)
+                disks[disk_id]["backlog_age_s"] = self._oldest_age_s(cache, disk_id)
         used = cache.used_bytes if cache else 0
         return {"cache_used_bytes": used, "cache_max_bytes": self.cfg.cache_max_bytes,
                 "cache_free_pct": throttle.get("free_pct", 100.0), "throttle": throttle,
-                "uploaded_bytes": sum(d["uploaded_bytes"] for d in disks.values()), "disks": disks}
+                "uploaded_bytes": sum(d["uploaded_bytes"] for d in disks.values()), "disks": disks,
+                # the settings version applied: a PS switch's drain counts only heartbeats after its change
+                "settings_version": self._control.settings_version if self._control else -1,
+                # health (cs/health/rules.py): host load, and the oldest batch not yet uploaded (s)
+                "host": {"cpu_pct": self._cpu.sample(), "mem_pct": read_mem_pct()},
+                "upload_backlog_age_s": max((d.get("backlog_age_s", 0.0) for d in disks.values()), default=0.0)}
+
+    @staticmethod
+    def _oldest_age_s(cache: BatchCache, disk_id: str) -> float:
+        """Age of the disk's oldest cached batch (its file's mtime), 0 for none."""
+        oldest = cache.pending(disk_id)[:1]
+        try:
+            mtime = cache.path(disk_id, oldest[0].gen, oldest[0].seq).stat().st_mtime_ns if oldest else 0
+        except OSError:  # uploaded and deleted meanwhile
+            return 0.0
+        return round(max(0.0, (time.time_ns() - mtime) / 1e9), 3) if mtime else 0.0
 
     async def stop(self) -> None:
         """Stop serving and uploading at once (no draining); the cache stays on disk."""

@@ -27,6 +27,9 @@ class DiskSettings:
     mt_control_url: str
     key_epoch: int
     key: bytes = field(repr=False)
+    # moved to another PS (cs/switch_jobs.py): agents' new batches are refused, what is cached
+    # here is still uploaded to the MT until the CS drops the disk from this PS's settings
+    draining: bool = False
 
     @classmethod
     def from_doc(cls, item: dict[str, Any]) -> DiskSettings:
@@ -37,7 +40,7 @@ class DiskSettings:
             return cls(disk_id=disk_id, machine_id=str(item["machine_id"]), generation=int(item["generation"]),
                        size_bytes=int(item["size_bytes"]), mt_url=str(item.get("mt_url") or ""),
                        mt_control_url=str(item.get("mt_control_url") or ""), key_epoch=int(item["key_epoch"]),
-                       key=key)
+                       key=key, draining=item.get("draining") is True)
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise errors.BadRequest(f"bad disk entry in settings: {type(exc).__name__}") from exc
 

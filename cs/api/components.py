@@ -6,16 +6,38 @@ import math
 import time
 
 from aiohttp import web
+from sqlalchemy import select
 
 from common import errors, http
-from cs import components, settings
+from cs import alerts, components, settings
+from cs.api import paging, spec
+from cs.db.models import Component
 from cs.state import state_of
 
 
+@spec.route(roles=("admin", "reader", "cs", *spec.COMPONENTS), tags=("components",),
+            response=spec.obj({"ok": spec.BOOL, "time_ns": spec.INT, "role": spec.STR}))
+async def get_ping(request: web.Request) -> web.Response:
+    """Liveness over mutual TLS: any verified certificate, no database access.
+
+    The reference of the heartbeat benchmark (bench/cs_heartbeats.py): the cost of TLS, HTTP and
+    JSON on this server without the database. Replies ``{ok, time_ns, role}``.
+    """
+    ident = http.identity(request)
+    return web.json_response({"ok": True, "time_ns": time.time_ns(), "role": ident.role})
+
+
+@spec.route(roles=spec.COMPONENTS, request=spec.obj({"metrics": spec.ANY_OBJ}, required=()), tags=("components",),
+            response=spec.obj({"ok": spec.BOOL, "time_ns": spec.INT}))
 async def post_heartbeat(request: web.Request) -> web.Response:
-    comp = await components.caller(request, *components.COMPONENT_ROLES)
-    metrics = components.parse_metrics(await http.read_json(request))
-    await components.heartbeat(state_of(request), comp.component_id, metrics)
+    """Record a component's heartbeat and metrics; health alerts follow from the metrics.
+
+    Body ``{metrics: {...}, time_ns}``; replies ``{ok, time_ns}`` once the heartbeat is committed.
+    """
+    writer = request.app[components.HEARTBEATS]
+    component_id = await writer.known.caller(request, *components.COMPONENT_ROLES)
+    metrics = components.parse_metrics(await http.read_json(request), request.content_length)
+    await writer.submit(component_id, metrics)
     return web.json_response({"ok": True, "time_ns": time.time_ns()})
 
 
@@ -32,7 +54,10 @@ def _query_number(request: web.Request, name: str, default: float) -> float:
     return value
 
 
+@spec.route(roles=spec.COMPONENTS, response=spec.ANY_OBJ, tags=("components",),
+            query={"version": {"type": "integer", "default": -1}, "wait_s": {"type": "number", "minimum": 0}})
 async def get_settings(request: web.Request) -> web.Response:
+    """The caller's settings document; waits up to ``wait_s`` for one newer than ``version``."""
     comp = await components.caller(request, *components.COMPONENT_ROLES)
     version = _query_number(request, "version", -1)
     wait_s = _query_number(request, "wait_s", 0)
@@ -42,12 +67,31 @@ async def get_settings(request: web.Request) -> web.Response:
     return web.json_response(reply)
 
 
+COMPONENT = spec.obj({"component_id": spec.HEX_ID, "role": spec.STR, "host_id": spec.STR, "address": spec.STR,
+                      "ports": spec.ANY_OBJ, "version": spec.STR, "registered_at": spec.INT,
+                      "last_heartbeat": spec.nullable(spec.INT), "metrics": spec.ANY_OBJ,
+                      "health": {"type": "string", "enum": ["ok", "warning", "critical"],
+                                 "description": "the worst open alert of the component"}},
+                     required=("component_id", "role", "host_id"))
+
+
+@spec.route(roles=spec.ADMIN, query=spec.PAGE_QUERY, response=spec.page_of(COMPONENT), tags=("components",))
 async def get_components(request: web.Request) -> web.Response:
+    """Registered components in the order they registered, a page at a time."""
     http.require_role(request, "admin")
-    return web.json_response({"items": await components.listing(state_of(request))})
+    paging.check_query(request.query, paging.PAGE_PARAMS)
+    page = paging.parse(request.query)
+    async with state_of(request).db.read() as session:
+        rows, nxt = await paging.fetch(session, select(Component), [Component.registered_at, Component.component_id],
+                                       page)
+        health = await alerts.health_by_source(session)
+    return web.json_response({"items": [{**components.component_view(c), "health": health.get(c.component_id, "ok")}
+                                         for c in rows], "next": nxt})
 
 
 def add_routes(app: web.Application) -> None:
+    components.install_writer(app)  # group commit of heartbeats (its flusher task lives with the app)
+    app.router.add_get("/v1/ping", get_ping)
     app.router.add_post("/v1/heartbeat", post_heartbeat)
     app.router.add_get("/v1/settings", get_settings)
     app.router.add_get("/v1/components", get_components)

@@ -4,19 +4,36 @@ verifies them (the agent runs a verify and posts its result)."""
 from __future__ import annotations
 
 from aiohttp import web
+from sqlalchemy import select
 
 from common import errors, http
-from cs import components, disks, jobs, validate, verify
+from cs import components, disks, jobs, protection, validate, verify
+from cs.api import paging, spec
+from cs.db.models import Disk, Resync
 from cs.state import state_of
 
+RESYNC = spec.obj({"resync_id": spec.HEX_ID, "disk_id": spec.HEX_ID, "generation": spec.INT, "reason": spec.STR,
+                   "state": spec.STR, "percent": spec.NUM}, required=("disk_id", "generation", "reason", "state"))
+DISK = spec.obj({"disk_id": spec.HEX_ID, "machine_id": spec.HEX_ID, "name": spec.STR, "size_bytes": spec.INT,
+                 "generation": spec.INT, "ps_id": spec.nullable(spec.HEX_ID), "mt_id": spec.nullable(spec.HEX_ID),
+                 "state": spec.STR, "percent": spec.NUM, "last_resync": spec.nullable(RESYNC)},
+                required=("disk_id", "machine_id", "name", "size_bytes", "generation", "state"))
+REPORTED = spec.obj({"disks": spec.array(spec.obj({"name": spec.STR, "size_bytes": spec.INT}))})
+JOB_STARTED = spec.obj({"job_id": spec.HEX_ID})
 
+
+@spec.route(roles=("agent",), request=REPORTED, response=spec.obj({"disks": spec.array(spec.ANY_OBJ)}),
+            tags=("disks",))
 async def put_my_disks(request: web.Request) -> web.Response:
+    """The agent reports its machine's disks (name, size); answers their ids and generations."""
     machine = await components.caller(request, "agent")
     reported = disks.parse_reported(await http.read_json(request))
     return web.json_response({"disks": await disks.report(state_of(request), machine.component_id, reported)})
 
 
+@spec.route(roles=("agent",), request=spec.ANY_OBJ, response=spec.OK, tags=("disks",))
 async def post_progress(request: web.Request) -> web.Response:
+    """The agent reports the replication progress of one of its disks."""
     machine = await components.caller(request, "agent")
     disk_id = validate.hex_id(request.match_info["disk_id"], "disk_id")
     values = disks.parse_progress(await http.read_json(request))
@@ -24,6 +41,8 @@ async def post_progress(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+@spec.route(roles=("agent", "admin"), request=spec.obj({"reason": spec.STR}, required=()),
+            response=spec.obj({"generation": spec.INT}), tags=("disks",))
 async def post_resync(request: web.Request) -> web.Response:
     """The agent (its own disk) or the admin (any disk, reason ``user`` by default) asks for a
     resync: a new generation, which the agent's settings then start."""
@@ -36,28 +55,46 @@ async def post_resync(request: web.Request) -> web.Response:
     return web.json_response({"generation": generation})
 
 
+@spec.route(roles=spec.ADMIN, query=spec.PAGE_QUERY, response=spec.page_of(DISK), tags=("disks",))
 async def get_disks(request: web.Request) -> web.Response:
+    """Disks and their replication state, by machine and name, a page at a time."""
     http.require_role(request, "admin")
-    return web.json_response({"items": await disks.listing(state_of(request))})
+    paging.check_query(request.query, paging.PAGE_PARAMS)
+    page = paging.parse(request.query)
+    async with state_of(request).db.read() as session:
+        rows, nxt = await paging.fetch(session, select(Disk), [Disk.machine_id, Disk.name], page)
+        last = await disks.latest_resyncs(session, [d.disk_id for d in rows])
+    return web.json_response({"items": [disks.disk_view(d, last.get(d.disk_id)) for d in rows], "next": nxt})
 
 
+@spec.route(roles=spec.ADMIN, query=spec.PAGE_QUERY, response=spec.page_of(RESYNC), tags=("disks",))
 async def get_resyncs(request: web.Request) -> web.Response:
+    """The disk's resyncs (reason, mode, progress), newest generation first, a page at a time."""
     http.require_role(request, "admin")
     disk_id = validate.hex_id(request.match_info["disk_id"], "disk_id")
-    text = request.query.get("limit", "100")
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= disks.MAX_HISTORY:
-        raise errors.BadRequest(f"limit must be an integer in [1, {disks.MAX_HISTORY}]")
-    return web.json_response({"items": await disks.history(state_of(request), disk_id, int(text))})
+    paging.check_query(request.query, paging.PAGE_PARAMS)
+    page = paging.parse(request.query, max_limit=disks.MAX_HISTORY)
+    async with state_of(request).db.read() as session:
+        if await session.get(Disk, disk_id) is None:
+            raise errors.NotFound(f"no disk {disk_id}")
+        rows, nxt = await paging.fetch(session, select(Resync).where(Resync.disk_id == disk_id), [Resync.generation],
+                                       page, descending=True)
+    return web.json_response({"items": [disks.resync_view(r) for r in rows], "next": nxt})
 
 
+@spec.route(roles=spec.ADMIN, request=spec.obj({"block_bytes": spec.INT, "repair": spec.BOOL}, required=()),
+            response=spec.ANY_OBJ, status=202, tags=("disks",))
 async def post_verify(request: web.Request) -> web.Response:
+    """Start an online verify of the disk against its replica (the agent runs it)."""
     http.require_role(request, "admin")
     disk_id = validate.hex_id(request.match_info["disk_id"], "disk_id")
     params = verify.parse_request(await http.read_json(request))
     return web.json_response(await verify.request(state_of(request), disk_id, params), status=202)
 
 
+@spec.route(roles=spec.ADMIN, response=spec.ANY_OBJ, tags=("disks",))
 async def get_verify(request: web.Request) -> web.Response:
+    """A verify of the disk: the one named, or the last one; its state and result."""
     http.require_role(request, "admin")
     disk_id = validate.hex_id(request.match_info["disk_id"], "disk_id")
     verify_id = request.match_info.get("verify_id")
@@ -66,7 +103,9 @@ async def get_verify(request: web.Request) -> web.Response:
     return web.json_response(await verify.get(state_of(request), disk_id, verify_id))
 
 
+@spec.route(roles=("agent",), request=spec.ANY_OBJ, response=spec.OK, tags=("disks",))
 async def post_verify_result(request: web.Request) -> web.Response:
+    """The agent posts the result of a verify it ran."""
     machine = await components.caller(request, "agent")
     disk_id = validate.hex_id(request.match_info["disk_id"], "disk_id")
     verify_id = validate.hex_id(request.match_info["verify_id"], "verify_id")
@@ -75,13 +114,22 @@ async def post_verify_result(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+@spec.route(roles=spec.ADMIN, request=spec.obj({"policy": spec.STR}, required=(), extra=False),
+            response=spec.obj({"disks": spec.array(spec.ANY_OBJ)}), tags=("disks",))
 async def post_protect(request: web.Request) -> web.Response:
+    """Enable protection of every disk of a machine: assign a PS and an MT, start initial replication.
+
+    The body may name the replication policy (``{"policy": name}``); without it, the default one."""
     http.require_role(request, "admin")
     machine_id = validate.hex_id(request.match_info["machine_id"], "machine_id")
-    return web.json_response({"disks": await disks.protect(state_of(request), machine_id)})
+    policy = protection.parse_protect(await http.read_json(request, max_bytes=4096))
+    return web.json_response({"disks": await disks.protect(state_of(request), machine_id, policy)})
 
 
+@spec.route(roles=spec.ADMIN, request=spec.obj({"point": {"type": ["string", "object"]}}, required=()),
+            response=JOB_STARTED, status=202, tags=("disks",))
 async def post_failover(request: web.Request) -> web.Response:
+    """Fail a disk over to a recovery point (a job; its id is returned)."""
     http.require_role(request, "admin")
     disk_id = validate.hex_id(request.match_info["disk_id"], "disk_id")
     point = jobs.parse_point(await http.read_json(request))

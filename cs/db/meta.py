@@ -6,7 +6,7 @@ import base64
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
@@ -16,6 +16,7 @@ SETTINGS_VERSION = "settings_version"
 AUTH_KEY = "auth_key_b64"
 AUTH_SALT = "auth_salt_b64"
 AUTH_KDF = "auth_kdf"
+SETTINGS_CHANNEL = "drlab_settings"  # PostgreSQL NOTIFY channel of settings_version (cs/db/engine.py Listener)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ async def bump_version(session: AsyncSession) -> int:
     """Every change a settings document could show calls this inside its write transaction."""
     version = await settings_version(session) + 1
     await put(session, SETTINGS_VERSION, str(version))
+    if session.get_bind().dialect.name == "postgresql":  # delivered at commit, to every CS process's listener
+        await session.execute(text("SELECT pg_notify(:channel, :version)"),
+                              {"channel": SETTINGS_CHANNEL, "version": str(version)})
     return version
 
 

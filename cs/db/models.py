@@ -11,6 +11,10 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Boolean, Float, Index, Integer, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# Row ids that only grow (alerts, events, audit rows): 64-bit on PostgreSQL (BIGSERIAL); on SQLite an
+# INTEGER PRIMARY KEY is already the 64-bit rowid (and only that spelling autoincrements).
+SERIAL64 = BigInteger().with_variant(Integer(), "sqlite")
+
 
 class Base(DeclarativeBase):
     pass
@@ -40,6 +44,7 @@ class Component(Base):
     registered_at: Mapped[int] = mapped_column(BigInteger)
     last_heartbeat: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    site_name: Mapped[str | None] = mapped_column(String(64), nullable=True)  # cs/sites.py
 
     def __repr__(self) -> str:
         return f"Component({self.component_id}, {self.role}, {self.host_id})"
@@ -90,6 +95,15 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_ns: Mapped[int] = mapped_column(BigInteger)
     updated_ns: Mapped[int] = mapped_column(BigInteger)
+    # the CS job runner (cs/runner.py): steps [{name, at_ns, percent?, detail?}], overall percent,
+    # times, and the lease of the CS process running it (re-claimed by another once it expires)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    percent: Mapped[float] = mapped_column(Float, default=0.0)
+    started_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    ended_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    lease_until_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
     def __repr__(self) -> str:
         return f"Job({self.job_id}, {self.kind}, {self.state})"
@@ -141,7 +155,7 @@ class Alert(Base):
     open alert per (code, source, disk) — the partial unique index holds it even across CS processes."""
 
     __tablename__ = "alerts"
-    alert_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(SERIAL64, primary_key=True, autoincrement=True)
     code: Mapped[str] = mapped_column(String(32), index=True)
     severity: Mapped[str] = mapped_column(String(16))  # warning | critical
     source_id: Mapped[str] = mapped_column(String(32), index=True)  # the component the condition is about
@@ -164,6 +178,7 @@ class ReplicationGroup(Base):
     __tablename__ = "replication_groups"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     machines: Mapped[list[str]] = mapped_column(JSON, default=list)  # agent component ids, sorted
+    policy_name: Mapped[str | None] = mapped_column(String(64), nullable=True)  # cs/policies.py
     created_ns: Mapped[int] = mapped_column(BigInteger)
     updated_ns: Mapped[int] = mapped_column(BigInteger)
 
@@ -191,3 +206,200 @@ class Bookmark(Base):
 
     def __repr__(self) -> str:
         return f"Bookmark({self.bookmark_id}, {self.tag}, {self.state})"
+
+
+class Operator(Base):
+    """A dashboard login (cs/operators.py): role ``admin`` or ``reader`` (read-only), its password as
+    scrypt(password, salt) with the salt and the scrypt parameters kept beside it."""
+
+    __tablename__ = "operators"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    pw_hash_b64: Mapped[str] = mapped_column(String(128))
+    pw_salt_b64: Mapped[str] = mapped_column(String(64))
+    pw_kdf: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"alg": "scrypt", "n", "r", "p", "dklen"}
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    def __repr__(self) -> str:  # never the hash or the salt
+        return f"Operator({self.name}, {self.role}, disabled={self.disabled})"
+
+
+class OperatorSession(Base):
+    """A login session: only the SHA-256 of its random token is kept, with its expiry."""
+
+    __tablename__ = "operator_sessions"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    operator: Mapped[str] = mapped_column(String(64), index=True)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    expires_ns: Mapped[int] = mapped_column(BigInteger, index=True)
+
+    def __repr__(self) -> str:
+        return f"OperatorSession({self.operator}, expires_ns={self.expires_ns})"
+
+
+class Certificate(Base):
+    """Every certificate the CS issued to a component (cs/revocation.py): the passphrase epoch it
+    was issued under (an older epoch than the current one means "re-register") and its revocation."""
+
+    __tablename__ = "certificates"
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex
+    component_id: Mapped[str] = mapped_column(String(32), index=True)
+    issued_ns: Mapped[int] = mapped_column(BigInteger)
+    expires_ns: Mapped[int] = mapped_column(BigInteger, index=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    revoked_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    def __repr__(self) -> str:
+        return f"Certificate({self.serial}, {self.component_id}, epoch={self.epoch}, revoked={self.revoked_ns})"
+
+
+class DiskDrain(Base):
+    """A PS a disk moved away from (a PS switch) that still uploads what it cached: its settings
+    list the disk as draining and the MT takes the disk's batches from it, until the switch job
+    drops the row (then the old PS is fenced: its settings no longer name the disk)."""
+
+    __tablename__ = "disk_drains"
+    disk_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ps_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+    job_id: Mapped[str] = mapped_column(String(32))
+    generation: Mapped[int] = mapped_column(BigInteger)
+    since_version: Mapped[int] = mapped_column(BigInteger)  # the settings version that started the drain
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"DiskDrain({self.disk_id}, ps={self.ps_id}, gen={self.generation})"
+
+
+class HealthWindow(Base):
+    """Since when a health condition has held (cs/health/): one row per (source, code, disk, level).
+    A condition raises its alert once it has held for its whole window; the row goes when it stops
+    holding. In the database, so windows survive a CS restart and two CS processes share them."""
+
+    __tablename__ = "health_windows"
+    __table_args__ = (UniqueConstraint("source_id", "code", "disk_key", "severity"),)
+    window_id: Mapped[int] = mapped_column(SERIAL64, primary_key=True, autoincrement=True)
+    source_id: Mapped[str] = mapped_column(String(32), index=True)
+    code: Mapped[str] = mapped_column(String(32))
+    disk_key: Mapped[str] = mapped_column(String(32), default="")  # the disk id, "" for none
+    severity: Mapped[str] = mapped_column(String(16))  # warning | critical
+    since_ns: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"HealthWindow({self.source_id}, {self.code}, disk={self.disk_key or '-'}, {self.severity})"
+
+
+class AlertEvent(Base):
+    """The webhook outbox (cs/webhook.py): one row per alert raised or cleared while a webhook is
+    configured, delivered in order with retries; ``delivered_ns`` set once the receiver took it."""
+
+    __tablename__ = "alert_events"
+    event_id: Mapped[int] = mapped_column(SERIAL64, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    event: Mapped[str] = mapped_column(String(16))  # raised | cleared
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    delivered_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_ns: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_until_ns: Mapped[int] = mapped_column(BigInteger, default=0)  # a CS process is sending it
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    def __repr__(self) -> str:
+        return f"AlertEvent({self.event_id}, {self.event}, alert={self.alert_id}, delivered={self.delivered_ns})"
+
+
+class Site(Base):
+    """A site (cs/sites.py): ``on-prem`` (protected machines, process servers) or ``cloud`` (master
+    targets, recovered machines). Components carry ``site_name``; machines too (``machines``)."""
+
+    __tablename__ = "sites"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # on-prem | cloud
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"Site({self.name}, {self.kind})"
+
+
+class Policy(Base):
+    """A replication policy (cs/policies.py); ``default`` is created at init and used by protect."""
+
+    __tablename__ = "policies"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rpo_threshold_s: Mapped[int] = mapped_column(BigInteger)
+    retention_window_s: Mapped[int] = mapped_column(BigInteger)
+    app_consistent_interval_s: Mapped[int] = mapped_column(BigInteger)  # 0: no app-consistent points
+    crash_consistent_interval_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    multi_machine_consistency: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"Policy({self.name}, rpo={self.rpo_threshold_s}s)"
+
+
+class Machine(Base):
+    """A machine (cs/protection.py); ``machine_id`` is its agent's component id. It is also the
+    protected item: ``policy_name`` and ``protection_state`` (ARCHITECTURE.md §6) while protected."""
+
+    __tablename__ = "machines"
+    machine_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    site_name: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    policy_name: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    protection_state: Mapped[str] = mapped_column(String(32), default="unprotected")
+    protected_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"Machine({self.machine_id}, {self.name}, {self.protection_state})"
+
+
+class RecoveryPlan(Base):
+    """A recovery plan (cs/plans.py): ordered groups of machines, each with pre/post actions."""
+
+    __tablename__ = "recovery_plans"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    groups: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:
+        return f"RecoveryPlan({self.name}, groups={len(self.groups or [])})"
+
+
+class Account(Base):
+    """Push-install credentials (cs/accounts.py): the password only AES-GCM-encrypted."""
+
+    __tablename__ = "accounts"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(255))
+    password_enc: Mapped[str] = mapped_column(Text)  # b64(nonce | ciphertext+tag), bound to the name
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:  # never the password
+        return f"Account({self.name}, {self.username})"
+
+
+class AuditEvent(Base):
+    """One state change (cs/audit.py): who, what, old and new values (secrets redacted); written by
+    a session hook in the transaction of the change."""
+
+    __tablename__ = "audit_log"
+    audit_id: Mapped[int] = mapped_column(SERIAL64, primary_key=True, autoincrement=True)
+    at_ns: Mapped[int] = mapped_column(BigInteger, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    entity: Mapped[str] = mapped_column(String(64), index=True)
+    entity_id: Mapped[str] = mapped_column(String(255), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # create | update | delete
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # {column: [old, new]}
+
+    def __repr__(self) -> str:
+        return f"AuditEvent({self.audit_id}, {self.entity}/{self.entity_id}, {self.action}, by {self.actor})"

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cs.db.models import Component, Disk, Job
 
 ACTIVE_JOB_STATES = ("queued", "running")
+MT_JOB_KINDS = ("failover", "points")  # the jobs an MT runs (the CS runner's kinds stay on the CS)
 
 
 async def component_by_host(session: AsyncSession, role: str, host_id: str) -> Component | None:
@@ -52,7 +53,8 @@ async def load_by_column(session: AsyncSession, column: str) -> dict[str, int]:
 
 async def active_jobs_for_mt(session: AsyncSession, mt_id: str) -> Sequence[Job]:
     stmt = (select(Job).join(Disk, Disk.disk_id == Job.disk_id)
-            .where(Disk.mt_id == mt_id, Job.state.in_(ACTIVE_JOB_STATES)).order_by(Job.created_ns))
+            .where(Disk.mt_id == mt_id, Job.state.in_(ACTIVE_JOB_STATES), Job.kind.in_(MT_JOB_KINDS))
+            .order_by(Job.created_ns))
     return (await session.scalars(stmt)).all()
 
 

@@ -156,6 +156,8 @@ async def test_clean_restart_continues_the_sequence(world: World) -> None:
         await write_some(w, client, 500, 10)
         await client.close()
         await wait_until(lambda: w.ps.contiguous(w.disk_id, 1) >= next_seq, 10, "a batch after the restart")
+        # the ten writes may span several batches: wait for all of them before comparing
+        await wait_until(lambda: replay(w.ps.received(w.disk_id, 1), SIZE) == w.source(), 10, "every write")
         assert w.cs.resyncs == []
         batches = w.ps.received(w.disk_id, 1)
         assert [b.seq for b in batches] == list(range(1, len(batches) + 1))

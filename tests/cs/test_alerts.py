@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +12,11 @@ import sqlalchemy.exc
 from cshelpers import Enrolled, Site, raw
 
 from common import tls
+from common.config import HealthConfig
 from common.http import ApiClient
-from cs import alerts
 from cs.db.models import Alert
+from cs.health import rules, windows
+from cs.health.windows import Condition
 from deploy import cli
 
 DISK1, DISK2 = "d1" * 16, "d2" * 16
@@ -34,45 +34,52 @@ def ps_metrics(cache: bool = False, disks: tuple[str, ...] = ()) -> dict[str, An
 
 # -- the rules alone -------------------------------------------------------------------------
 
+CFG = HealthConfig()
+NOW = 1_800_000_000 * 10**9
+
+
+def throttle_due(metrics: dict[str, Any], role: str = "ps") -> list[Condition] | None:
+    """The ``ps_throttled`` conditions due at once for a fresh heartbeat; None: the rule did not say."""
+    verdict = rules.evaluate(CFG, rules.Subject(role, metrics, NOW, NOW, NOW))
+    if rules.PS_THROTTLED not in verdict.codes:
+        return None
+    return [c for c in windows.track({}, verdict, NOW).due if c.code == rules.PS_THROTTLED]
+
 
 def test_ps_throttle_conditions() -> None:
-    assert alerts.conditions("ps", ps_metrics()) == []
-    [cache] = alerts.conditions("ps", ps_metrics(cache=True)) or []
+    assert throttle_due(ps_metrics()) == []
+    [cache] = throttle_due(ps_metrics(cache=True)) or []
     assert (cache.code, cache.severity, cache.disk_id) == ("ps_throttled", "critical", None)
     assert "12.5 % free" in cache.message and "20 %" in cache.message
-    both = alerts.conditions("ps", ps_metrics(cache=True, disks=(DISK2,))) or []
+    both = throttle_due(ps_metrics(cache=True, disks=(DISK2,))) or []
     assert [(c.severity, c.disk_id) for c in both] == [("critical", None), ("warning", DISK2)]
     assert "5000 bytes" in both[1].message
 
 
 def test_metrics_that_do_not_say_change_nothing() -> None:
-    assert alerts.conditions("ps", {}) is None  # an older PS, or no cache yet
-    assert alerts.conditions("ps", {"throttle": {"active": "yes"}}) is None
-    assert alerts.conditions("mt", ps_metrics(cache=True)) is None  # the rule is the PS's
+    assert throttle_due({}) is None  # an older PS, or no cache yet
+    assert throttle_due({"throttle": {"active": "yes"}}) is None
+    assert throttle_due(ps_metrics(cache=True), role="mt") is None  # the rule is the PS's
     odd = {"throttle": {"active": False}, "disks": {"not-a-disk": {"throttle": {"active": True}},
                                                     DISK1: "junk", DISK2: {"throttle": {"active": 1}}}}
-    assert alerts.conditions("ps", odd) == []
+    assert throttle_due(odd) == []
 
 
-def test_reconcile_raises_new_clears_gone_and_never_duplicates() -> None:
-    c = alerts.conditions("ps", ps_metrics(cache=True, disks=(DISK1,))) or []
-    assert alerts.reconcile([], c) == (c, [])
-    assert alerts.reconcile([("ps_throttled", None), ("ps_throttled", DISK1)], c) == ([], [])
-    assert alerts.reconcile([("ps_throttled", None)], c + c) == ([c[1]], [])
-    assert alerts.reconcile([("ps_throttled", None), ("ps_throttled", DISK1)], []) == (
-        [], [("ps_throttled", None), ("ps_throttled", DISK1)])
+def test_decide_raises_new_clears_gone_and_never_duplicates() -> None:
+    verdict = rules.evaluate(CFG, rules.Subject("ps", ps_metrics(cache=True, disks=(DISK1,)), NOW, NOW, NOW))
+    plan = windows.track({}, verdict, NOW)
+    c = [x for x in plan.due if x.code == "ps_throttled"]
+    codes = frozenset({"ps_throttled"})
+    assert windows.decide({}, plan, codes).to_raise == tuple(c)
+    both = {("ps_throttled", None): "critical", ("ps_throttled", DISK1): "warning"}
+    assert windows.decide(both, plan, codes) == windows.Decision((), ())
+    assert windows.decide({("ps_throttled", None): "critical"}, plan, codes).to_raise == (c[1],)
+    calm = windows.track({}, rules.evaluate(CFG, rules.Subject("ps", ps_metrics(), NOW, NOW, NOW)), NOW)
+    assert windows.decide(both, calm, codes) == windows.Decision((), (("ps_throttled", None), ("ps_throttled", DISK1)))
+    assert windows.decide(both, calm, frozenset()) == windows.Decision((), ())  # codes not owned: untouched
 
 
 # -- the CS over HTTPS -----------------------------------------------------------------------
-
-
-@pytest.fixture
-async def site(cs_env: Any, tmp_path: Path) -> AsyncIterator[Site]:
-    s = Site(cs_env, tmp_path)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def beat(member: Enrolled, metrics: dict[str, Any]) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -24,13 +22,6 @@ ADMIN_ONLY = [
     ("POST", f"/v1/disks/{ID}/failover"), ("GET", f"/v1/jobs/{ID}"),
 ]
 AGENT_ONLY = [("PUT", "/v1/machines/self/disks"), ("POST", f"/v1/disks/{ID}/progress")]  # resync: agent or admin
-
-
-@pytest.fixture
-async def site(cs_env: Any, tmp_path: Path) -> AsyncIterator[Site]:
-    s = Site(cs_env, tmp_path)
-    yield s
-    await s.close()
 
 
 async def test_every_protected_route_needs_a_certificate(site: Site) -> None:
@@ -78,3 +69,14 @@ async def test_certificate_of_another_ca_gets_nothing(site: Site, tmp_path: Path
     # The server verifies a certificate that is sent: the TLS handshake itself fails.
     with pytest.raises(aiohttp.ClientError):
         await raw(site.env.url, tls.client_context(files), "GET", "/v1/components")
+
+
+def test_role_rules() -> None:
+    from common.http import role_allows
+
+    assert role_allows(("admin",), "admin", "POST")
+    assert role_allows(("admin",), "reader", "GET") and role_allows(("admin",), "reader", "HEAD")
+    assert not role_allows(("admin",), "reader", "POST") and not role_allows(("admin",), "reader", "DELETE")
+    assert role_allows(("admin", "reader"), "reader", "POST")  # a route naming reader (logout)
+    assert not role_allows(("agent",), "reader", "GET") and not role_allows(("agent",), "admin", "GET")
+    assert not role_allows(("admin",), "agent", "GET")

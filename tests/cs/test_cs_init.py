@@ -59,7 +59,8 @@ async def test_service_refuses_an_uninitialised_dir(tmp_path: Path) -> None:
 
 
 async def test_port_in_use_is_a_config_error(cs_env: Any) -> None:
-    other = CSService(CSConfig(data_dir=cs_env.data_dir, listen_host="127.0.0.1", port=cs_env.service.port))
+    other = CSService(CSConfig(data_dir=cs_env.data_dir, listen_host="127.0.0.1", port=cs_env.service.port,
+                               db_url=cs_env.cfg.db_url))
     with pytest.raises(errors.ConfigError):
         await other.start()
 

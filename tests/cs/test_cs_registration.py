@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,6 @@ from cshelpers import Site, raw
 
 from common import auth, component, errors, tls
 from common.http import ApiClient
-
-
-@pytest.fixture
-async def site(cs_env: Any, tmp_path: Path) -> AsyncIterator[Site]:
-    s = Site(cs_env, tmp_path)
-    yield s
-    await s.close()
 
 
 def _b64(data: bytes) -> str:
@@ -171,3 +163,20 @@ async def test_ca_is_public_and_matches_the_issuer(site: Site) -> None:
     assert reply["ca_pem"].encode() == (site.env.data_dir / "ca" / "cert.pem").read_bytes()
     agent = await site.enroll("agent", "m-ca")
     assert agent.files.ca.read_bytes() == reply["ca_pem"].encode()
+
+
+async def test_reinstalled_machine_replaces_its_entry_and_keeps_its_disks(site: Site) -> None:
+    agent, disks = await site.agent("m-reinstalled", {"disk0": 1 << 20, "disk1": 2 << 20})
+    # the machine is reinstalled: a new key, the same host id, nothing kept locally
+    again = await site.enroll("agent", "m-reinstalled")
+    assert again.component_id == agent.component_id
+    assert again.files.key.read_bytes() != agent.files.key.read_bytes()
+    rows = [c for c in await site.env.admin.components() if c["host_id"] == "m-reinstalled"]
+    assert len(rows) == 1 and rows[0]["role"] == "agent"
+    # its disks are still its own: reporting them again gives the same ids, nothing new
+    reply = await again.api.put("/v1/machines/self/disks", {"disks": [{"name": "disk0", "size_bytes": 1 << 20},
+                                                                      {"name": "disk1", "size_bytes": 2 << 20}]})
+    assert {d["name"]: d["disk_id"] for d in reply["disks"]} == disks
+    mine = [d for d in await site.env.admin.disks() if d.get("machine_id") == agent.component_id]
+    assert sorted(d["disk_id"] for d in mine) == sorted(disks.values())
+    assert len(await site.env.admin.disks()) == 2

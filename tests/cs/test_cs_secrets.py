@@ -16,6 +16,7 @@ from cs.ca import CA
 from cs.db.meta import AuthParams
 from cs.db.models import Disk
 from cs.registration import RegisterRequest
+from tests.conftest import stored_bytes
 
 
 def test_reprs_hide_secrets(tmp_path: Path) -> None:
@@ -72,7 +73,5 @@ async def test_no_secret_in_raw_log_events(cs_env: Any, tmp_path: Path) -> None:
 
 
 async def test_database_keeps_no_passphrase(cs_env: Any) -> None:
-    files = [p for p in cs_env.data_dir.iterdir() if p.name.startswith("cs.db")]
-    assert files
-    blob = b"".join(p.read_bytes() for p in files)
-    assert cs_env.passphrase.value.encode() not in blob
+    blob = await stored_bytes(cs_env)
+    assert len(blob) > 100 and cs_env.passphrase.value.encode() not in blob

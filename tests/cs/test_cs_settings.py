@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ from common import errors
 from common.config import CSConfig
 from cs.client import CSAdminClient
 from cs.service import CSService
-
-
-@pytest.fixture
-async def site(cs_env: Any, tmp_path: Path) -> AsyncIterator[Site]:
-    s = Site(cs_env, tmp_path)
-    yield s
-    await s.close()
 
 
 async def test_long_poll_returns_at_once_on_a_newer_version(site: Site) -> None:
@@ -87,7 +79,8 @@ async def test_second_cs_process_on_the_same_database_wakes_the_poll(site: Site)
     ps, _ = await site.ps(), await site.mt()
     agent, _ = await site.agent()
     cfg = site.env.cfg
-    other = CSService(CSConfig(data_dir=cfg.data_dir, listen_host="127.0.0.1", port=0), recheck_s=0.5)
+    other = CSService(CSConfig(data_dir=cfg.data_dir, listen_host="127.0.0.1", port=0, db_url=cfg.db_url),
+                      recheck_s=0.5)
     await other.start()
     admin2 = CSAdminClient(other.url, site.env.admin_files)
     try:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,26 +16,70 @@ from deploy.lab import Lab
 from deploy.topology import load
 
 
-def write_topology(path: Path, net: int, disk_mib: int) -> Path:
+@dataclass
+class Machine:
+    """One machine of a lab topology: its disks (name -> MiB) and extra TOML lines (address, nbd_port)."""
+
+    name: str = "m1"
+    disks: dict[str, int] = field(default_factory=lambda: {"disk0": 32})
+    extra: str = ""
+
+    def toml(self) -> str:
+        disks = ", ".join(f'{{ name = "{d}", size_mib = {mib} }}' for d, mib in self.disks.items())
+        return f'[[onprem.machines]]\nname = "{self.name}"\n{self.extra}\ndisks = [{disks}]\n'
+
+
+def write_topology(path: Path, net: int, disk_mib: int = 32, pss: int = 1, *,
+                   machines: list[Machine] | None = None, ps_extra: str = "") -> Path:
+    """A lab of one CS, one MT, ``pss`` process servers (``ps_extra``: more keys of each, e.g.
+    ``", cache_mib = 8"``) and ``machines`` (default: one with one disk of ``disk_mib``)."""
+    ps_list = ", ".join(f'{{ name = "ps{i}", address = "127.{net}.1.{i}", data_port = 9443{ps_extra} }}'
+                        for i in range(1, pss + 1))
+    hosts = machines if machines is not None else [Machine(disks={"disk0": disk_mib})]
     path.write_text(f"""
 [cloud]
 cs = {{ address = "127.{net}.2.1", port = 443 }}
 mt = [{{ name = "mt1", address = "127.{net}.2.2", data_port = 9443, control_port = 9080 }}]
 [onprem]
-ps = [{{ name = "ps1", address = "127.{net}.1.1", data_port = 9443 }}]
-[[onprem.machines]]
-name = "m1"
-disks = [{{ name = "disk0", size_mib = {disk_mib} }}]
-""")
+ps = [{ps_list}]
+""" + "".join(m.toml() for m in hosts))
     return path
 
 
+LabMaker = Callable[..., Lab]
+
+
 @pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
-    net = random.randrange(30, 250)
-    the_lab = Lab(load(write_topology(tmp_path / "lab.toml", net, 32)), tmp_path / "lab")
+async def make_lab(tmp_path: Path) -> AsyncIterator[LabMaker]:
+    """``make_lab(disk_mib, pss=1)``: a lab (write_topology) on a loopback range of its own; every
+    daemon is stopped at the end, and one that needed SIGKILL fails the test."""
+    labs: list[Lab] = []
+
+    def make(disk_mib: int, pss: int = 1) -> Lab:
+        net = random.randrange(30, 250)
+        labs.append(Lab(load(write_topology(tmp_path / "lab.toml", net, disk_mib, pss)), tmp_path / "lab"))
+        return labs[-1]
+
     try:
-        yield the_lab
+        yield make
     finally:
-        left = the_lab.down()
-        assert not left, f"daemons needed SIGKILL at teardown: {left}"
+        for the_lab in labs:
+            left = the_lab.down()
+            assert not left, f"daemons needed SIGKILL at teardown: {left}"
+
+
+@pytest.fixture
+def lab(make_lab: LabMaker) -> Lab:
+    """A lab whose machine has one 32 MiB disk."""
+    return make_lab(32)
+
+
+async def until(what: str, timeout_s: float, check: Callable[[], Awaitable[Any]]) -> Any:
+    """Poll ``check`` every 0.2 s until it returns something true (returned); fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
+        await asyncio.sleep(0.2)

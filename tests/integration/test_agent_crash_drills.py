@@ -12,36 +12,15 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from deploy.lab import Lab
 from deploy.scenario import Scenario
-from deploy.topology import load
-from tests.integration.conftest import write_topology
+from tests.integration.conftest import LabMaker
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-async def make_lab(tmp_path: Path) -> AsyncIterator[Callable[[int], Lab]]:
-    """A lab whose machine has one disk of the given size (MiB), on a loopback range of its own."""
-    labs: list[Lab] = []
-
-    def make(disk_mib: int) -> Lab:
-        net = random.randrange(30, 250)
-        labs.append(Lab(load(write_topology(tmp_path / "lab.toml", net, disk_mib)), tmp_path / "lab"))
-        return labs[-1]
-
-    try:
-        yield make
-    finally:
-        for the_lab in labs:
-            left = the_lab.down()
-            assert not left, f"daemons needed SIGKILL at teardown: {left}"
 
 
 def seed_for_test() -> int:
@@ -96,7 +75,7 @@ async def verify_latest(sc: Scenario, admin: Any) -> None:
 
 
 @pytest.mark.timeout(420)
-async def test_machine_killed_mid_workload_resyncs_only_hot_extents(make_lab: Callable[[int], Lab]) -> None:
+async def test_machine_killed_mid_workload_resyncs_only_hot_extents(make_lab: LabMaker) -> None:
     lab = make_lab(1024)
     sc, admin = await start(lab, 1.0)
     try:
@@ -123,7 +102,7 @@ async def test_machine_killed_mid_workload_resyncs_only_hot_extents(make_lab: Ca
 
 @pytest.mark.timeout(300)
 async def test_ps_killed_with_its_cache_deleted_agent_resends_unapplied_regions(
-        make_lab: Callable[[int], Lab]) -> None:
+        make_lab: LabMaker) -> None:
     lab = make_lab(256)
     sc, admin = await start(lab, 0.5)
     try:

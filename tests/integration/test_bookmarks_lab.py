@@ -25,6 +25,8 @@ from common.http import ApiClient
 from common.wire import writelog
 from deploy.lab import Lab
 from deploy.topology import load
+from tests.integration.conftest import Machine
+from tests.integration.conftest import write_topology as lab_topology
 
 MiB = 1 << 20
 DISK_MIB = 8
@@ -32,22 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_topology(path: Path, net: int) -> Path:
-    path.write_text(f"""
-[cloud]
-cs = {{ address = "127.{net}.2.1", port = 443 }}
-mt = [{{ name = "mt1", address = "127.{net}.2.2", data_port = 9443, control_port = 9080 }}]
-[onprem]
-ps = [{{ name = "ps1", address = "127.{net}.1.1", data_port = 9443 }}]
-[[onprem.machines]]
-name = "ma"
-address = "127.{net}.1.10"
-disks = [{{ name = "disk0", size_mib = {DISK_MIB} }}]
-[[onprem.machines]]
-name = "mb"
-address = "127.{net}.1.11"
-disks = [{{ name = "disk0", size_mib = {DISK_MIB} }}]
-""")
-    return path
+    hosts = (("ma", 10), ("mb", 11))
+    return lab_topology(path, net, machines=[
+        Machine(name, {"disk0": DISK_MIB}, f'address = "127.{net}.1.{host}"') for name, host in hosts])
 
 
 def free_net() -> int:

@@ -22,24 +22,15 @@ from common import oracle
 from deploy.lab import Lab
 from deploy.scenario import MachineCheck, Scenario
 from deploy.topology import load
+from tests.integration.conftest import Machine
+from tests.integration.conftest import write_topology as lab_topology
 
 DISK_MIB = 64
 NAMES = ("disk0", "disk1", "disk2")
 
 
 def write_topology(path: Path, net: int) -> Path:
-    disks = ", ".join(f'{{ name = "{n}", size_mib = {DISK_MIB} }}' for n in NAMES)
-    path.write_text(f"""
-[cloud]
-cs = {{ address = "127.{net}.2.1", port = 443 }}
-mt = [{{ name = "mt1", address = "127.{net}.2.2", data_port = 9443, control_port = 9080 }}]
-[onprem]
-ps = [{{ name = "ps1", address = "127.{net}.1.1", data_port = 9443 }}]
-[[onprem.machines]]
-name = "m1"
-disks = [{disks}]
-""")
-    return path
+    return lab_topology(path, net, machines=[Machine(disks=dict.fromkeys(NAMES, DISK_MIB))])
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from common.wire.nbd import ZERO_CHUNK_BYTES
 from deploy.lab import Lab
 from deploy.scenario import Scenario
 from deploy.topology import load
+from tests.integration.conftest import Machine
+from tests.integration.conftest import write_topology as lab_topology
 
 MiB = 1 << 20
 DISK_MIB = 64
@@ -27,18 +29,8 @@ TOOLS = ("qemu-io", "nbdcopy")
 
 
 def write_topology(path: Path, net: int, nbd: str = "") -> Path:
-    path.write_text(f"""
-[cloud]
-cs = {{ address = "127.{net}.2.1", port = 443 }}
-mt = [{{ name = "mt1", address = "127.{net}.2.2", data_port = 9443, control_port = 9080 }}]
-[onprem]
-ps = [{{ name = "ps1", address = "127.{net}.1.1", data_port = 9443 }}]
-[[onprem.machines]]
-name = "m1"
-{nbd or f'address = "127.{net}.1.10"' + chr(10) + "nbd_port = 10809"}
-disks = [{{ name = "disk0", size_mib = {DISK_MIB} }}]
-""")
-    return path
+    extra = nbd or f'address = "127.{net}.1.10"\nnbd_port = 10809'
+    return lab_topology(path, net, machines=[Machine(disks={"disk0": DISK_MIB}, extra=extra)])
 
 
 def test_topology_nbd_option_reaches_the_agent_config(tmp_path: Path) -> None:

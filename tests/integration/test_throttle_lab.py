@@ -23,23 +23,15 @@ from common.http import ApiClient
 from deploy.lab import Lab
 from deploy.scenario import Scenario
 from deploy.topology import load
+from tests.integration.conftest import until
+from tests.integration.conftest import write_topology as lab_topology
 
 MiB = 1 << 20
 CACHE_MIB = 8  # a few batches: no batch the agent cuts outgrows batch_max_bytes (4 MiB)
 
 
 def write_topology(path: Path, net: int) -> Path:
-    path.write_text(f"""
-[cloud]
-cs = {{ address = "127.{net}.2.1", port = 443 }}
-mt = [{{ name = "mt1", address = "127.{net}.2.2", data_port = 9443, control_port = 9080 }}]
-[onprem]
-ps = [{{ name = "ps1", address = "127.{net}.1.1", data_port = 9443, cache_mib = {CACHE_MIB} }}]
-[[onprem.machines]]
-name = "m1"
-disks = [{{ name = "disk0", size_mib = 64 }}]
-""")
-    return path
+    return lab_topology(path, net, 64, ps_extra=f", cache_mib = {CACHE_MIB}")
 
 
 @pytest.fixture
@@ -61,16 +53,6 @@ def with_cont(pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
         pass
-
-
-async def until(what: str, timeout_s: float, check: Callable[[], Awaitable[Any]]) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
-        await asyncio.sleep(0.2)
 
 
 def ps_log_events(lab: Lab) -> list[dict[str, Any]]:

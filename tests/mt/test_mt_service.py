@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import ssl
 import time
@@ -192,6 +193,30 @@ async def test_failover_jobs_run_once_and_survive_restart(world: World) -> None:
     await wait_until(lambda: "job-none" in world.cs.results)
     assert world.cs.results["job-none"][0]["state"] == "failed"
     assert all(len(world.cs.results[j["job_id"]]) == 1 for j in jobs), "done jobs must not run again"
+
+
+async def test_a_result_the_cs_has_not_acknowledged_is_posted_after_restart_not_recomputed(world: World) -> None:
+    for _ in range(3):
+        assert (await world.send_next())[0] == 201
+    await wait_until(lambda: world.mt.workers[DISK].store.applied == (1, 3))
+    world.cs.refuse_results = 10**6  # the CS is down for the result: the MT is stopped before it lands
+    job = {"job_id": "job-a", "kind": "failover", "disk_id": DISK, "point": "latest-processed"}
+    world.cs.publish(world.document(jobs=[job]))
+    done_file = world.cfg.data_dir / "jobs_done.json"
+    await wait_until(lambda: done_file.exists() and "job-a" in json.loads(done_file.read_text())["unsent"])
+    await world.mt.stop()
+    assert world.cs.results == {}
+    world.cs.refuse_results = 0
+    world.mt = MTService(world.cfg)
+    await world.mt.start()
+    await wait_until(lambda: "job-a" in world.cs.results)
+    await asyncio.sleep(0.3)
+    (reply,) = world.cs.results["job-a"]  # posted once, from the stored result: not run again
+    assert reply["state"] == "succeeded" and reply["result"]["point"]["seq"] == 3
+    await wait_until(lambda: json.loads(done_file.read_text())["unsent"] == {})
+    assert world.mt.jobs is not None and "job-a" in world.mt.jobs.done
+    world.cs.publish(world.document(jobs=[]))  # the CS recorded it: the MT forgets the id
+    await wait_until(lambda: world.mt.jobs is not None and world.mt.jobs.done == set())
 
 
 async def test_latest_failover_applies_staged_batches_first(world: World) -> None:

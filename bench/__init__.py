@@ -1,0 +1,1 @@
+"""Benchmarks: one module per benchmark (see bench/README.md)."""

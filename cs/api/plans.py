@@ -1,0 +1,86 @@
+"""Recovery plans for the admin: ``/v1/plans`` (CRUD; running a plan is a job kind of its own)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common import http
+from cs import model, plans
+from cs.api import paging, spec
+from cs.db.models import RecoveryPlan
+from cs.state import state_of
+
+ACTION = {"oneOf": [
+    spec.obj({"kind": {"const": "script"}, "name": spec.STR, "script": spec.STR, "timeout_s": spec.INT},
+             required=("kind", "name", "script"), extra=False),
+    spec.obj({"kind": {"const": "manual"}, "name": spec.STR, "instruction": spec.STR}, extra=False)]}
+GROUP = spec.obj({"machines": spec.array(spec.HEX_ID), "pre": spec.array(ACTION), "post": spec.array(ACTION)},
+                 required=("machines",), extra=False)
+PLAN = spec.obj({"name": spec.STR, "description": spec.STR, "groups": spec.array(GROUP), "machines": spec.INT,
+                 "created_ns": spec.INT, "updated_ns": spec.INT})
+NEW_PLAN = spec.obj({"name": spec.STR, "description": spec.STR, "groups": spec.array(GROUP)},
+                    required=("name", "groups"), extra=False)
+CHANGE_PLAN = spec.obj({"description": spec.STR, "groups": spec.array(GROUP)}, required=(), extra=False)
+MAX_BODY = 1024 * 1024
+
+
+def _name(request: web.Request) -> str:
+    return model.name(request.match_info["name"], "plan")
+
+
+@spec.route(roles=spec.ADMIN, query=spec.PAGE_QUERY, response=spec.page_of(PLAN), tags=("plans",))
+async def get_plans(request: web.Request) -> web.Response:
+    """Recovery plans by name, a page at a time."""
+    http.require_role(request, "admin")
+    paging.check_query(request.query, paging.PAGE_PARAMS)
+    page = paging.parse(request.query)
+    async with state_of(request).db.read() as session:
+        rows, nxt = await model.page_by_name(session, RecoveryPlan, page)
+    return web.json_response({"items": [plans.view(p) for p in rows], "next": nxt})
+
+
+@spec.route(roles=spec.ADMIN, request=NEW_PLAN, response=PLAN, status=201, tags=("plans",))
+async def post_plan(request: web.Request) -> web.Response:
+    """Create a recovery plan: ordered groups of machines with pre/post actions (scripts or manual steps)."""
+    http.require_role(request, "admin")
+    fields = plans.parse(await http.read_json(request, max_bytes=MAX_BODY), create=True)
+    async with state_of(request).db.write() as session:
+        plan = await plans.create(session, fields)
+    return web.json_response(plans.view(plan), status=201)
+
+
+@spec.route(roles=spec.ADMIN, response=PLAN, tags=("plans",))
+async def get_plan(request: web.Request) -> web.Response:
+    """One recovery plan."""
+    http.require_role(request, "admin")
+    async with state_of(request).db.read() as session:
+        plan = await model.get_or_404(session, RecoveryPlan, _name(request), "recovery plan")
+    return web.json_response(plans.view(plan))
+
+
+@spec.route(roles=spec.ADMIN, request=CHANGE_PLAN, response=PLAN, tags=("plans",))
+async def patch_plan(request: web.Request) -> web.Response:
+    """Change a plan's description or replace its groups."""
+    http.require_role(request, "admin")
+    name = _name(request)
+    fields = plans.parse(await http.read_json(request, max_bytes=MAX_BODY), create=False)
+    async with state_of(request).db.write() as session:
+        plan = await plans.update(session, name, fields)
+    return web.json_response(plans.view(plan))
+
+
+@spec.route(roles=spec.ADMIN, response=spec.OK, tags=("plans",))
+async def delete_plan(request: web.Request) -> web.Response:
+    """Delete a recovery plan."""
+    http.require_role(request, "admin")
+    async with state_of(request).db.write() as session:
+        await plans.delete(session, _name(request))
+    return web.json_response({"ok": True})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/plans", get_plans)
+    app.router.add_post("/v1/plans", post_plan)
+    app.router.add_get("/v1/plans/{name}", get_plan)
+    app.router.add_patch("/v1/plans/{name}", patch_plan)
+    app.router.add_delete("/v1/plans/{name}", delete_plan)

@@ -1,0 +1,1 @@
+"""Alembic revisions of the CS schema (one file each; see cs.db.migrations)."""
