@@ -111,7 +111,6 @@ class CSConfig:
     db_url: str = field(default="", repr=False)
     long_poll_max_s: float = 30.0
     challenge_ttl_s: float = 60.0
-    heartbeat_timeout_s: float = 900.0  # 15 minutes, as documented
     cert_validity_days: int = 365
     cert_validity_s: float = 0.0  # when > 0, overrides cert_validity_days (tests use seconds)
     cert_renew_fraction: float = 0.33  # the CS's own and the admin's certificates: renew below this fraction

@@ -358,16 +358,6 @@ async def get(state: CSState, bookmark_id: str) -> dict[str, Any]:
         return view(bm)
 
 
-async def listing(state: CSState, limit: int, state_filter: str | None, group: str | None) -> list[dict[str, Any]]:
-    stmt = select(Bookmark).order_by(Bookmark.created_ns.desc()).limit(limit)
-    if state_filter is not None:
-        stmt = stmt.where(Bookmark.state == state_filter)
-    if group is not None:
-        stmt = stmt.where(Bookmark.group_name == group)
-    async with state.db.read() as session:
-        return [view(b) for b in (await session.scalars(stmt)).all()]
-
-
 def _log_transition(bm: Bookmark, before: str) -> None:
     if bm.state == before:
         return
@@ -466,12 +456,6 @@ async def put_group(state: CSState, name: str, machines: tuple[str, ...]) -> dic
             group.machines, group.updated_ns = list(machines), now
     log.info("replication_group_set", name=name, machines=len(machines))
     return group_view(group)
-
-
-async def groups(state: CSState) -> list[dict[str, Any]]:
-    async with state.db.read() as session:
-        rows = (await session.scalars(select(ReplicationGroup).order_by(ReplicationGroup.name))).all()
-        return [group_view(g) for g in rows]
 
 
 async def get_group(state: CSState, name: str) -> dict[str, Any]:

@@ -34,7 +34,6 @@ from sqlalchemy.orm.attributes import set_committed_value
 from common import errors, http
 from common import logging as dlog
 from cs import alerts
-from cs.db import repo
 from cs.db.models import Base, Component
 from cs.state import STATE, CSState, state_of
 
@@ -260,10 +259,3 @@ def install_writer(app: web.Application) -> None:
         await writer.stop()
 
     app.cleanup_ctx.append(writer_ctx)
-
-
-async def listing(state: CSState) -> list[dict[str, Any]]:
-    async with state.db.read() as session:
-        health = await alerts.health_by_source(session)  # worst open alert: ok | warning | critical
-        return [{**component_view(c), "health": health.get(c.component_id, "ok")}
-                for c in await repo.components(session)]

@@ -95,22 +95,6 @@ async def latest_resyncs(session: AsyncSession, disk_ids: list[str] | None = Non
     return {r.disk_id: r for r in (await session.scalars(stmt)).all()}
 
 
-async def listing(state: CSState) -> list[dict[str, Any]]:
-    async with state.db.read() as session:
-        disks = list(await repo.disks(session))
-        last = await latest_resyncs(session)
-    return [disk_view(d, last.get(d.disk_id)) for d in disks]
-
-
-async def history(state: CSState, disk_id: str, limit: int) -> list[dict[str, Any]]:
-    """The disk's resyncs, newest first."""
-    async with state.db.read() as session:
-        if await session.get(Disk, disk_id) is None:
-            raise errors.NotFound(f"no disk {disk_id}")
-        stmt = (select(Resync).where(Resync.disk_id == disk_id).order_by(Resync.generation.desc()).limit(limit))
-        return [resync_view(r) for r in (await session.scalars(stmt)).all()]
-
-
 def parse_reported(body: dict[str, Any]) -> list[tuple[str, int]]:
     items = body.get("disks")
     if not isinstance(items, list) or len(items) > MAX_DISKS:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -58,6 +58,25 @@ async def epoch_of(session: AsyncSession, serial: int) -> int:
     """The passphrase epoch a certificate was issued under (the current one if it is unknown)."""
     row = await session.get(Certificate, format(serial, "x"))
     return row.epoch if row is not None else await current_epoch(session)
+
+
+STATES = ("registered", "reregister_required", "revoked")
+
+
+async def states_of(session: AsyncSession, comps: Iterable[Component]) -> dict[str, str]:
+    """Each component's registration state by its current certificate: ``revoked``,
+    ``reregister_required`` (issued under a passphrase since rotated) or ``registered``."""
+    comps = list(comps)
+    serials = [c.cert_serial for c in comps if c.cert_serial]
+    rows = {r.serial: r for r in (await session.scalars(
+        select(Certificate).where(Certificate.serial.in_(serials)))).all()} if serials else {}
+    epoch = await current_epoch(session)
+    out = {}
+    for comp in comps:
+        cert = rows.get(comp.cert_serial)
+        out[comp.component_id] = ("revoked" if cert is not None and cert.revoked_ns is not None else
+                                  "reregister_required" if cert is not None and cert.epoch < epoch else "registered")
+    return out
 
 
 async def revoked_serials(session: AsyncSession, now_ns: int | None = None) -> list[str]:

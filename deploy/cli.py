@@ -121,7 +121,7 @@ def _print_items(args: argparse.Namespace, items: list[dict[str, Any]], cols: li
 def cmd_components(args: argparse.Namespace) -> int:
     items = _admin_call(args, lambda a: a.components())
     return _print_items(args, items, ["component_id", "role", "host_id", "address", "version", "last_heartbeat",
-                                      "health"])
+                                      "state", "health"])
 
 
 def cmd_disks(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from common import errors, http
-from cs import alerts, components, settings
+from cs import alerts, components, revocation, settings
 from cs.api import paging, spec
 from cs.db.models import Component
 from cs.state import state_of
@@ -71,7 +71,9 @@ COMPONENT = spec.obj({"component_id": spec.HEX_ID, "role": spec.STR, "host_id": 
                       "ports": spec.ANY_OBJ, "version": spec.STR, "registered_at": spec.INT,
                       "last_heartbeat": spec.nullable(spec.INT), "metrics": spec.ANY_OBJ,
                       "health": {"type": "string", "enum": ["ok", "warning", "critical"],
-                                 "description": "the worst open alert of the component"}},
+                                 "description": "the worst open alert of the component"},
+                      "state": {"type": "string", "enum": list(revocation.STATES),
+                                "description": "registration state, by the component's current certificate"}},
                      required=("component_id", "role", "host_id"))
 
 
@@ -85,8 +87,9 @@ async def get_components(request: web.Request) -> web.Response:
         rows, nxt = await paging.fetch(session, select(Component), [Component.registered_at, Component.component_id],
                                        page)
         health = await alerts.health_by_source(session)
-    return web.json_response({"items": [{**components.component_view(c), "health": health.get(c.component_id, "ok")}
-                                         for c in rows], "next": nxt})
+        states = await revocation.states_of(session, rows)
+    return web.json_response({"items": [{**components.component_view(c), "health": health.get(c.component_id, "ok"),
+                                         "state": states[c.component_id]} for c in rows], "next": nxt})
 
 
 def add_routes(app: web.Application) -> None:

@@ -130,6 +130,8 @@ async def test_revoked_agent_is_refused_at_the_cs_and_the_ps(fleet: Fleet) -> No
                               body={"disks": [{"name": "evil", "size_bytes": 4096}]})
     assert (status, body["code"]) == (401, "certificate_revoked")
     assert [d["name"] for d in await env.admin.disks() if d.get("machine_id") == fleet.machine_id] == ["disk0"]
+    states = {c["component_id"]: c["state"] for c in await env.admin.components()}
+    assert states[fleet.machine_id] == "revoked" and states[fleet.ps.component_id] == "registered"
     # the PS learns it through its settings and refuses the agent's batches; nothing is cached
     await wait_until(lambda: fleet.ps.registry.is_revoked(serial), what="PS learns the revoked serial")
     print(f"revocation reached the PS {1000 * (time.monotonic() - started):.0f} ms after the admin's call")

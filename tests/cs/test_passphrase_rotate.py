@@ -51,6 +51,8 @@ async def test_rotation_makes_components_reregister_and_replication_continues(
         while await status_code(cs_env, fleet.agent) != (401, "reregister_required"):
             assert time.monotonic() < deadline, "the agent was never told to re-register"
             await asyncio.sleep(0.1)
+        states = {c["component_id"]: c["state"] for c in await cs_env.admin.components()}
+        assert set(states.values()) == {"reregister_required"}
         # ... while replication keeps going: the PS still takes the agent's batches (old epoch certificate)
         assert (await fleet.put_batch(fleet.agent, 1))[0] in (200, 201)
         await wait_until(lambda: fleet.ps.registry.progress_of(fleet.disk_id).mt_received >= 1,
@@ -75,6 +77,7 @@ async def test_rotation_makes_components_reregister_and_replication_continues(
         assert (await fleet.put_batch(again, 2))[0] in (200, 201)
         after = {c["component_id"]: c["role"] for c in await cs_env.admin.components()}
         assert after == ids
+        assert {c["state"] for c in await cs_env.admin.components()} == {"registered"}
         # heartbeats of the re-registered PS and MT reach the CS again
         seen = {c["component_id"]: c["last_heartbeat"] for c in await cs_env.admin.components()}
         await asyncio.sleep(1.0)

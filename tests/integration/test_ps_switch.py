@@ -91,9 +91,15 @@ async def switch_job(admin: Any, kind: str, ps_id: str, body: dict[str, Any]) ->
     return dict(await admin.wait_job(await admin.ps_move(ps_id, kind, body), timeout_s=180))
 
 
+def move_body(kind: str, machine_id: str, to_ps_id: str, **more: Any) -> dict[str, Any]:
+    """A switch moves every machine of the PS; a balance the machines it names."""
+    return {"to_ps_id": to_ps_id, **({"machine_ids": [machine_id]} if kind == "balance" else {}), **more}
+
+
 @pytest.mark.timeout(420)
-async def test_balance_with_the_old_ps_alive_drains_without_resync_or_seq_gap(
-        make_lab: LabMaker, seed: int) -> None:
+@pytest.mark.parametrize("kind", ["balance", "switch"])
+async def test_a_move_with_the_old_ps_alive_drains_without_resync_or_seq_gap(
+        make_lab: LabMaker, seed: int, kind: str) -> None:
     lab = make_lab(64, pss=2)
     sc, admin = await start(lab, 0.5, seed)
     try:
@@ -108,7 +114,7 @@ async def test_balance_with_the_old_ps_alive_drains_without_resync_or_seq_gap(
             await asyncio.sleep(2.5)
             backlog = await ps_backlog(admin, old_ps, sc.disk_id)
             started = time.monotonic()
-            job_id = await admin.ps_move(old_ps, "balance", {"machine_ids": [sc.machine_id], "to_ps_id": new_ps})
+            job_id = await admin.ps_move(old_ps, kind, move_body(kind, sc.machine_id, new_ps))
             await asyncio.sleep(3)  # the agent follows; the new PS gets the next seqs, the MT stages them later
             job = await admin.job(job_id)
             assert job["state"] == "running" and "drain" not in [s["name"] for s in job["steps"]]
@@ -141,8 +147,9 @@ async def test_balance_with_the_old_ps_alive_drains_without_resync_or_seq_gap(
 
 
 @pytest.mark.timeout(420)
-async def test_switch_with_the_old_ps_killed_resends_only_unapplied_regions(
-        make_lab: LabMaker, seed: int) -> None:
+@pytest.mark.parametrize("kind", ["switch", "balance"])
+async def test_a_move_with_the_old_ps_killed_resends_only_unapplied_regions(
+        make_lab: LabMaker, seed: int, kind: str) -> None:
     lab = make_lab(256, pss=2)
     sc, admin = await start(lab, 0.5, seed)
     try:
@@ -159,7 +166,8 @@ async def test_switch_with_the_old_ps_killed_resends_only_unapplied_regions(
         lab.kill_node(node_of(lab, comps[old_ps]))  # SIGKILL, with what it cached
         lab.start_node(lab.topology.mts[0])
         await asyncio.sleep(3.5)  # its heartbeat goes stale
-        job = await switch_job(admin, "switch", old_ps, {"dead_after_s": 3.0})
+        new_ps = next(c for c, v in comps.items() if v["role"] == "ps" and c != old_ps)
+        job = await switch_job(admin, kind, old_ps, move_body(kind, sc.machine_id, new_ps, dead_after_s=3.0))
         window_to = time.time_ns()
         assert job["state"] == "succeeded", (job.get("error"), job.get("steps"))
         assert job["result"]["mode"] == "regenerate" and job["result"]["regenerated"] == [sc.disk_id]
