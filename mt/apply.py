@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,10 @@ class DiskStore:
         self.in_resync = False
         self.applied_bytes = 0
         self.lags_ns: deque[int] = deque(maxlen=RECENT)
+        # called (segno, offset of the first undo record, [(replica offset, length)] of the records)
+        # under ``lock`` once a batch's undo records are durable, before the replica is written:
+        # failover views (mt/view.py) index them
+        self.undo_listeners: list[Callable[[int, int, list[tuple[int, int]]], None]] = []
         self.log = log.bind(disk=disk_id)
 
     def __repr__(self) -> str:
@@ -177,6 +182,8 @@ class DiskStore:
             extents = self._old_bytes(batch)
             undo_off = self.journal.append_undo(batch.generation, batch.seq, extents)
             self.journal.sync()
+            for listener in list(self.undo_listeners):
+                listener(self.journal.segno, undo_off, [(off, len(old)) for off, old in extents])
             crash_point("after_journal_fsync")
             for rec in batch.records:
                 self.replica.write(rec.offset, rec.data)

@@ -1,4 +1,8 @@
-"""Failover images: a sparse copy of the replica rolled back through the undo journal to a point.
+"""Recovery points for failover, and failover images by copy.
+
+Failover jobs no longer copy: they make a copy-on-write view (mt/view.py), ready in a time
+independent of the disk's size. :func:`make_image` (below) stays as the independent reference the
+tests check views against: a sparse copy of the replica rolled back through the undo journal.
 
 Under the disk's apply lock the replica is copied (holes and all-zero 1 MiB blocks are skipped)
 and the batches applied after the point are noted; outside the lock, their undo records are

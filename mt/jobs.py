@@ -4,9 +4,13 @@ A finished job's id and its result are written to disk (``jobs_done.json``) *bef
 POSTed, so a restart neither redoes the job nor loses its result: results the CS has not yet
 acknowledged are posted again (with retries) after a restart; the CS treats a repeated final
 state as a no-op. Done ids the settings document no longer lists (the CS has recorded them) are
-forgotten, so the file stays as small as the CS's open jobs. Kinds: ``failover`` (an image of the
-disk at a point) and ``points`` (a probe: facts about the disk's points, for the CS's choice of a
-machine-consistent point; mt/failover.py)."""
+forgotten, so the file stays as small as the CS's open jobs. Kinds: ``failover`` (a copy-on-write
+view of the disk at a point, mt/view.py, kept attached in :attr:`JobRunner.views`, plus a sparse
+image file of it that the result names, for the oracle), ``points`` (a probe: facts about the
+disk's points, for the CS's choice of a machine-consistent point; mt/failover.py), and on the view a
+failover job made (``point: {"view": JOB_ID}``): ``view-change`` (``"to": POINT``: rebuilt at another
+point, overlay dropped), ``view-drop`` (test failover cleanup) and ``view-commit`` (the view is
+written into the replica in place and the newer points are dropped; applying stops)."""
 
 from __future__ import annotations
 
@@ -23,11 +27,14 @@ from typing import Any
 from common import errors, tls
 from common import logging as dlog
 from common.http import ApiClient, retrying
-from mt.failover import Probe, choose_point, make_image, probe
+from mt.failover import Probe, choose_point, probe
 from mt.settings import Job
+from mt.view import COMMITTING, DiskView, commit, failover_view
 from mt.worker import DiskWorker
 
 log = dlog.get("drlab.mt.jobs")
+
+VIEW_KINDS = ("view-drop", "view-commit", "view-change")
 
 
 class JobRunner:
@@ -43,6 +50,9 @@ class JobRunner:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._write_lock = threading.Lock()
         self._version = self._written = 0
+        self.views: dict[str, DiskView] = {}  # failover job id -> its view, attached to its disk
+        self._view_locks: dict[str, asyncio.Lock] = {}  # per disk: its view jobs run one at a time
+        self._reattached: set[str] = set()  # disks whose kept views were reopened after the start
 
     def __repr__(self) -> str:
         return f"JobRunner(done={len(self.done)}, unsent={sorted(self.unsent)}, running={sorted(self._running)})"
@@ -89,6 +99,9 @@ class JobRunner:
         self.done -= self.done - listed - set(self.unsent) - set(self._running)  # saved with the next change
         for job_id, body in self.unsent.items():
             self._start(job_id, self._post(job_id, body))
+        for disk_dir in sorted((self.data_dir / "views").glob("*")):
+            if disk_dir.name not in self._reattached and self._workers(disk_dir.name) is not None:
+                self._start(f"views-{disk_dir.name}", self._reattach(disk_dir.name))
         for job in jobs:
             if job.job_id not in self.done:
                 self._start(job.job_id, self._run(job))
@@ -126,7 +139,7 @@ class JobRunner:
         await self._acknowledged(job_id)
 
     async def execute(self, job: Job) -> dict[str, Any]:
-        if job.kind not in ("failover", "points"):
+        if job.kind not in ("failover", "points", *VIEW_KINDS):
             raise errors.BadRequest(f"unknown job kind {job.kind!r}")
         worker = self._workers(job.disk_id)
         if worker is None:
@@ -138,16 +151,84 @@ class JobRunner:
             if query.drain:
                 await worker.drain()
             return await loop.run_in_executor(self._executor, probe, store.catalog, store.disk_id, query)
-        if job.point == "latest":
+        await self._reattach(job.disk_id)
+        async with self._view_locks.setdefault(job.disk_id, asyncio.Lock()):
+            if job.kind in VIEW_KINDS:
+                return await self._view_job(job, worker)
+            return await self._failover(job, worker, job.job_id, job.point)
+
+    async def _reattach(self, disk_id: str) -> None:
+        """Reopen, once after a start, the views this MT kept for a disk (they pin its journal again)."""
+        async with self._view_locks.setdefault(disk_id, asyncio.Lock()):
+            worker = self._workers(disk_id)
+            if disk_id in self._reattached or worker is None:
+                return
+            self._reattached.add(disk_id)
+            for meta in sorted((self.data_dir / "views" / disk_id).glob("*/meta.json")):
+                if meta.parent.name in self.views:
+                    continue
+                try:
+                    view = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, DiskView.open, worker.store, meta.parent)
+                except (errors.DrlabError, OSError, ValueError) as exc:
+                    log.error("view_reopen_failed", disk=disk_id, view=meta.parent.name, error=str(exc))
+                    continue
+                self.views[meta.parent.name] = view
+                if (meta.parent / COMMITTING).exists():  # the view-commit job runs again and finishes it
+                    worker.store.closed = True
+                    log.warning("view_commit_unfinished", disk=disk_id, view=meta.parent.name)
+
+    async def _failover(self, job: Job, worker: DiskWorker, view_id: str, spec: Any) -> dict[str, Any]:
+        """The view of the point ``spec`` names, kept as ``view_id``, and its image file."""
+        loop = asyncio.get_running_loop()
+        store = worker.store
+        if spec == "latest":
             await worker.drain()
-        point = await loop.run_in_executor(self._executor, choose_point, store.catalog, store.disk_id, job.point)
+        point = await loop.run_in_executor(self._executor, choose_point, store.catalog, store.disk_id, spec)
         dest = self.data_dir / "failover" / job.disk_id / f"{job.job_id}.img"
-        return await loop.run_in_executor(self._executor, make_image, store, point, dest)
+        directory = self.data_dir / "views" / job.disk_id / view_id
+        old = self.views.pop(view_id, None)
+        if old is not None:
+            await loop.run_in_executor(self._executor, old.close)
+        view, result = await loop.run_in_executor(self._executor, failover_view, store, point, directory, dest)
+        self.views[view_id] = view
+        return result
+
+    async def _view_job(self, job: Job, worker: DiskWorker) -> dict[str, Any]:
+        """``view-drop`` / ``view-commit`` / ``view-change`` of the view a failover job made:
+        ``point`` is ``{"view": FAILOVER_JOB_ID}`` (plus ``"to": POINT`` for a change)."""
+        spec = job.point if isinstance(job.point, dict) else {}
+        view_id = spec.get("view")
+        if not isinstance(view_id, str) or not view_id or not all(c.isalnum() or c in "-_" for c in view_id):
+            raise errors.BadRequest(f"{job.kind} needs point {{\"view\": FAILOVER_JOB_ID}}")
+        loop = asyncio.get_running_loop()
+        if job.kind == "view-change":
+            if "to" not in spec:
+                raise errors.BadRequest("view-change needs the new point in point.to")
+            return await self._failover(job, worker, view_id, spec["to"])
+        view = self.views.pop(view_id, None)
+        if view is None:
+            directory = self.data_dir / "views" / job.disk_id / view_id
+            if not (directory / "meta.json").exists():
+                raise errors.NotFound(f"disk {job.disk_id} has no failover view {view_id}")
+            view = await loop.run_in_executor(self._executor, DiskView.open, worker.store, directory)
+        if job.kind == "view-drop":
+            await loop.run_in_executor(self._executor, view.drop)
+            return {"disk_id": job.disk_id, "view": view_id, "dropped": True}
+        try:
+            return await loop.run_in_executor(self._executor, commit, view)
+        except errors.DrlabError:
+            self.views[view_id] = view  # refused (other views): it stays
+            raise
 
     async def stop(self) -> None:
+        """Cancel running jobs and detach the views (their files stay: :meth:`DiskView.open`)."""
         tasks = list(self._running.values())
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        views, self.views = list(self.views.values()), {}
+        for view in views:
+            await asyncio.get_running_loop().run_in_executor(self._executor, view.close)

@@ -18,7 +18,8 @@ from mt.replica import Replica, fsync_dir, write_all
 
 log = dlog.get("drlab.mt.journal")
 
-CRASH_POINTS = ("after_journal_fsync", "after_replica_write", "before_commit", "mid_rollback")
+CRASH_POINTS = ("after_journal_fsync", "after_replica_write", "before_commit", "mid_rollback",
+                "mid_commit", "before_commit_truncate")  # the last two: mt/view.py commit
 CRASH_AT: str | None = os.environ.get("DRLAB_MT_CRASH_AT")
 _crash_hits: dict[str, int] = {}
 
@@ -76,6 +77,7 @@ class Journal:
         self.segno = 0
         self.pos = 0
         self._fd = -1
+        self.pins: dict[str, int] = {}  # owner (e.g. a failover view) -> oldest segment it needs
         self.log = log.bind(disk=disk_id.hex())
 
     def __repr__(self) -> str:
@@ -182,6 +184,48 @@ class Journal:
         self.close()
         self._fd = os.open(self.path(segno), os.O_WRONLY)
         self.segno, self.pos = segno, pos
+
+    # -- pins ----------------------------------------------------------------------------------
+
+    def pin(self, owner: str, segno: int) -> None:
+        """``owner`` needs segments ``segno`` and newer: pruning must keep them (in memory only:
+        a view re-pins when it is reopened)."""
+        self.pins[owner] = segno
+
+    def unpin(self, owner: str) -> None:
+        self.pins.pop(owner, None)
+
+    def pinned_from(self) -> int | None:
+        """The oldest segment some owner pins (None: nothing is pinned)."""
+        return min(self.pins.values(), default=None)
+
+    def prunable(self, segno: int) -> bool:
+        """May segment ``segno`` be removed as far as pins go? (Never the current one.)"""
+        pinned = self.pinned_from()
+        return segno < self.segno and (pinned is None or segno < pinned)
+
+    # -- commit of a failover view (mt/view.py) ---------------------------------------------------
+
+    def truncate_after(self, segno: int, keep: int) -> None:
+        """Forget every record after ``keep`` in segment ``segno``: later segments are removed
+        (newest first) and appending continues there. The caller has made the replica the state
+        at that point first: dropping undo records of batches still in the replica corrupts it."""
+        for later in reversed([s for s in self.segments() if s > segno]):
+            self.path(later).unlink()
+        fsync_dir(self.directory)
+        self._truncate(segno, keep)
+        self._open_for_append(segno, keep)
+        self.log.info("journal_truncated_after", segno=segno, size=keep)
+
+    def reset(self) -> None:
+        """Forget every record: a fresh segment (numbering continues), then the older ones go,
+        newest first (what a crash leaves is still a prefix of the journal)."""
+        old = self.segments()
+        self._create(max(old, default=0) + 1)
+        for segno in reversed(old):
+            self.path(segno).unlink()
+        fsync_dir(self.directory)
+        self.log.info("journal_reset", segno=self.segno, removed=len(old))
 
     # -- append --------------------------------------------------------------------------------
 
