@@ -51,6 +51,8 @@ REPORT_WINDOW_S = 30.0  # final reports are retried this long
 COMMIT_GRACE_S = 2.0  # a member waits for the commit this long past the CS's deadline, then thaws
 SEEN = 4096  # bookmark ids remembered (the CS lists one for at most its timeout and a minute)
 PHASES = ("prepare", "commit", "abort")
+KILL_WAIT_S = 5.0  # a killed hook is waited for this long
+STOP_GRACE_S = 5.0  # stop() waits for the bookmark tasks their hook timeout and this long
 
 
 class Replicating(Protocol):
@@ -110,7 +112,10 @@ async def run_hook(argv: list[str], timeout_s: float, env: dict[str, str]) -> Ho
 async def _kill(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    await proc.wait()
+    try:  # bounded: a stop must not hang on a child that was reaped elsewhere
+        await asyncio.wait_for(proc.wait(), KILL_WAIT_S)
+    except TimeoutError:
+        log.error("hook_not_reaped", pid=proc.pid, wait_s=KILL_WAIT_S)
 
 
 # ------------------------------------------------------------------------------------ freeze
@@ -266,7 +271,7 @@ class BookmarkAgent:
 
     async def stop(self) -> None:
         """Stop scheduling and cancel sessions (a freeze in progress is released)."""
-        await cancel_and_wait([self._scheduler, *self._tasks])
+        await cancel_and_wait([self._scheduler, *self._tasks], timeout_s=self.cfg.hook_timeout_s + STOP_GRACE_S)
         self._scheduler = None
         self._tasks.clear()
 

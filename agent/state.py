@@ -68,15 +68,28 @@ class AgentState:
 
 
 class StateStore:
+    """The agent's state file. :meth:`save` writes (durably: two fsyncs) only when the state differs
+    from what this store last read or wrote, so the settings documents that change nothing for
+    this machine cost no disk write."""
+
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / FILE_NAME
+        self._saved: bytes | None = None  # the file's bytes as this store last read or wrote them
+        self.writes = 0
 
     def load(self) -> AgentState:
         """The saved state; a fresh (clean, empty) one when there is none yet."""
         if not self.path.exists():
             return AgentState()
-        return AgentState.from_json(json.loads(self.path.read_text()))
+        raw = self.path.read_bytes()
+        self._saved = raw
+        return AgentState.from_json(json.loads(raw))
 
     def save(self, state: AgentState) -> None:
+        data = json.dumps(state.to_json(), indent=2).encode()
+        if data == self._saved:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        durable_write(self.path, json.dumps(state.to_json(), indent=2).encode())
+        durable_write(self.path, data)
+        self._saved = data
+        self.writes += 1

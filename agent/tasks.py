@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,14 +12,20 @@ from common import logging as dlog
 log = dlog.get("drlab.agent.tasks")
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
-    """Cancel ``tasks`` and wait until they are done. Unlike ``await task`` inside
-    ``suppress(CancelledError)``, a cancellation of the caller itself still propagates."""
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None], timeout_s: float | None = None) -> None:
+    """Cancel ``tasks`` and wait until they are done (at most ``timeout_s``: a task still running
+    then is logged with its stack and left behind, so that a stop never hangs). Unlike ``await
+    task`` inside ``suppress(CancelledError)``, a cancellation of the caller itself still propagates."""
     live = [t for t in tasks if t is not None]
     for t in live:
         t.cancel()
+    pending: set[asyncio.Task[Any]] = set()
     if live:
-        await asyncio.wait(live)
+        _, pending = await asyncio.wait(live, timeout=timeout_s)
+    for t in pending:
+        stack = io.StringIO()
+        t.print_stack(file=stack)
+        log.error("task_not_stopped", task=t.get_name(), timeout_s=timeout_s, stack=stack.getvalue()[-2000:])
     for t in live:
-        if not t.cancelled() and t.exception() is not None:
+        if t not in pending and not t.cancelled() and t.exception() is not None:
             log.error("task_failed", task=t.get_name(), error=repr(t.exception()))

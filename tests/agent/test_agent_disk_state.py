@@ -63,6 +63,21 @@ def test_state_round_trip_and_defaults(tmp_path: Path) -> None:
     assert not (tmp_path / "state.json.tmp").exists()
 
 
+def test_an_unchanged_state_is_not_written_again(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    state = AgentState(clean_shutdown=False, disks={"d0": DiskState("ab" * 16, "d0", generation=1, next_seq=5)})
+    store.save(state)
+    mtime = (tmp_path / "state.json").stat().st_mtime_ns
+    store.save(state)  # e.g. a settings document that changes nothing here
+    assert store.writes == 1 and (tmp_path / "state.json").stat().st_mtime_ns == mtime
+    state.disks["d0"].next_seq = 6
+    store.save(state)
+    assert store.writes == 2 and StateStore(tmp_path).load() == state
+    reopened = StateStore(tmp_path)
+    reopened.save(reopened.load())  # what was read is what is on disk: nothing to write
+    assert reopened.writes == 0
+
+
 def test_state_of_an_unknown_version_is_refused(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text('{"version": 99, "disks": []}')
     with pytest.raises(ValueError):
