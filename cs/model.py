@@ -14,7 +14,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
-from cs.api import paging
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
 M = TypeVar("M")
@@ -64,8 +63,3 @@ async def create_new(session: AsyncSession, row: Any, key: str, what: str) -> No
         raise errors.Conflict(f"{what} {key} already exists")
     session.add(row)
     await session.flush()
-
-
-async def page_by_name(session: AsyncSession, model: Any, page: paging.Page) -> tuple[list[Any], str | None]:
-    """One page of a named model, in name order."""
-    return await paging.fetch(session, select(model), [model.name], page)

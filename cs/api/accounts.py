@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import http
 from cs import accounts, model
@@ -32,12 +34,10 @@ def _name(request: web.Request) -> str:
 @spec.route(roles=spec.ADMIN, query=spec.PAGE_QUERY, response=spec.page_of(ACCOUNT), tags=("accounts",))
 async def get_accounts(request: web.Request) -> web.Response:
     """Accounts by name (name and username only), a page at a time."""
-    http.require_role(request, "admin")
-    paging.check_query(request.query, paging.PAGE_PARAMS)
-    page = paging.parse(request.query)
-    async with state_of(request).db.read() as session:
-        rows, nxt = await model.page_by_name(session, Account, page)
-    return web.json_response({"items": [accounts.view(a) for a in rows], "next": nxt})
+    async def view(_: AsyncSession, a: Account) -> dict[str, Any]:
+        return accounts.view(a)
+
+    return await paging.named_page(request, Account, view)
 
 
 @spec.route(roles=spec.ADMIN, request=NEW_ACCOUNT, response=ACCOUNT, status=201, tags=("accounts",))

@@ -10,16 +10,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, tuple_
+from aiohttp import web
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from common import errors
+from common import errors, http
 from cs.api.spec import DEFAULT_PAGE, MAX_PAGE
+from cs.state import state_of
 
 PAGE_PARAMS = ("limit", "cursor")
 MAX_CURSOR_CHARS = 1024
@@ -82,3 +84,16 @@ async def fetch(session: AsyncSession, stmt: Select[Any], keys: Sequence[Instrum
         return rows, None
     rows = rows[:page.limit]
     return rows, encode([getattr(rows[-1], k.key) for k in keys])
+
+
+async def named_page(request: web.Request, table: Any,
+                     view: Callable[[AsyncSession, Any], Awaitable[dict[str, Any]]]) -> web.Response:
+    """An admin's page of a named model (sites, policies, plans, accounts) in name order, each row
+    through ``view`` (which may read more in the same session)."""
+    http.require_role(request, "admin")
+    check_query(request.query, PAGE_PARAMS)
+    page = parse(request.query)
+    async with state_of(request).db.read() as session:
+        rows, nxt = await fetch(session, select(table), [table.name], page)
+        items = [await view(session, row) for row in rows]
+    return web.json_response({"items": items, "next": nxt})

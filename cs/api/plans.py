@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import http
 from cs import model, plans
@@ -31,12 +34,10 @@ def _name(request: web.Request) -> str:
 @spec.route(roles=spec.ADMIN, query=spec.PAGE_QUERY, response=spec.page_of(PLAN), tags=("plans",))
 async def get_plans(request: web.Request) -> web.Response:
     """Recovery plans by name, a page at a time."""
-    http.require_role(request, "admin")
-    paging.check_query(request.query, paging.PAGE_PARAMS)
-    page = paging.parse(request.query)
-    async with state_of(request).db.read() as session:
-        rows, nxt = await model.page_by_name(session, RecoveryPlan, page)
-    return web.json_response({"items": [plans.view(p) for p in rows], "next": nxt})
+    async def view(_: AsyncSession, p: RecoveryPlan) -> dict[str, Any]:
+        return plans.view(p)
+
+    return await paging.named_page(request, RecoveryPlan, view)
 
 
 @spec.route(roles=spec.ADMIN, request=NEW_PLAN, response=PLAN, status=201, tags=("plans",))

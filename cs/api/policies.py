@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors, http
 from cs import model, policies, protection, validate
@@ -27,13 +30,10 @@ def _name(request: web.Request) -> str:
 @spec.route(roles=spec.ADMIN, query=spec.PAGE_QUERY, response=spec.page_of(POLICY), tags=("policies",))
 async def get_policies(request: web.Request) -> web.Response:
     """Replication policies by name, a page at a time, with how many machines and groups use each."""
-    http.require_role(request, "admin")
-    paging.check_query(request.query, paging.PAGE_PARAMS)
-    page = paging.parse(request.query)
-    async with state_of(request).db.read() as session:
-        rows, nxt = await model.page_by_name(session, Policy, page)
-        items = [policies.view(p, *await policies.usage(session, p.name)) for p in rows]
-    return web.json_response({"items": items, "next": nxt})
+    async def view(session: AsyncSession, p: Policy) -> dict[str, Any]:
+        return policies.view(p, *await policies.usage(session, p.name))
+
+    return await paging.named_page(request, Policy, view)
 
 
 @spec.route(roles=spec.ADMIN, request=NEW_POLICY, response=POLICY, status=201, tags=("policies",))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors, http
 from cs import model, protection, sites, validate
@@ -29,13 +32,10 @@ def _name(request: web.Request) -> str:
 @spec.route(roles=spec.ADMIN, query=spec.PAGE_QUERY, response=spec.page_of(SITE), tags=("sites",))
 async def get_sites(request: web.Request) -> web.Response:
     """Sites by name, a page at a time, with their number of members."""
-    http.require_role(request, "admin")
-    paging.check_query(request.query, paging.PAGE_PARAMS)
-    page = paging.parse(request.query)
-    async with state_of(request).db.read() as session:
-        rows, nxt = await model.page_by_name(session, Site, page)
-        items = [sites.view(s, await sites.member_count(session, s.name)) for s in rows]
-    return web.json_response({"items": items, "next": nxt})
+    async def view(session: AsyncSession, s: Site) -> dict[str, Any]:
+        return sites.view(s, await sites.member_count(session, s.name))
+
+    return await paging.named_page(request, Site, view)
 
 
 @spec.route(roles=spec.ADMIN, request=NEW_SITE, response=SITE, status=201, tags=("sites",))
