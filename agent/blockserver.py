@@ -15,7 +15,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent.disk import DiskBoundsError, DiskImage
+from agent.disk import DiskBoundsError, DiskImage, WritesStopped
 from agent.tasks import cancel_and_wait
 from agent.tracker import WnumError
 from common import logging as dlog
@@ -83,7 +83,7 @@ class BlockServer:
         self.requests += 1
         try:
             payload = await self._dispatch(req, data)
-        except (RequestRefused, DiskBoundsError, WnumError) as exc:
+        except (RequestRefused, DiskBoundsError, WnumError, WritesStopped) as exc:
             return bio.encode_error(req.wnum, str(exc))
         except OSError as exc:
             log.error("block_io_failed", op=req.op.name, disk=req.disk, offset=req.offset, error=str(exc))

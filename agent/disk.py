@@ -20,6 +20,10 @@ class DiskBoundsError(ValueError):
     """A read or write that does not fit inside the disk."""
 
 
+class WritesStopped(ValueError):
+    """The machine is shut down for a planned failover: it takes no more writes."""
+
+
 class DiskImage:
     def __init__(self, path: Path, size_bytes: int, name: str = "") -> None:
         if size_bytes <= 0:

@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from agent.disk import DiskBoundsError, DiskImage
+from agent.disk import DiskBoundsError, DiskImage, WritesStopped
 from agent.tasks import cancel_and_wait
 from agent.tracker import WnumError
 from common import errors
@@ -273,7 +273,7 @@ class NbdServer:
         data = await conn.reader.readexactly(req.length) if cmd is wn.Cmd.WRITE else b""
         try:
             payload = await self._run(conn, index, cmd, req, data)
-        except (DiskBoundsError, WnumError, OSError, errors.DrlabError) as exc:
+        except (DiskBoundsError, WnumError, WritesStopped, OSError, errors.DrlabError) as exc:
             self.stats.refused += 1
             err = wn.Errno.EINVAL if isinstance(exc, DiskBoundsError) else wn.Errno.EIO
             log.error("nbd_request_failed", peer=conn.peer, export=disk.name, cmd=cmd.name, offset=req.offset,

@@ -18,7 +18,7 @@ from typing import Any
 from agent.actlog import ActivityLog
 from agent.backlog import Backlog
 from agent.batcher import BatchClock, Batcher, DiskStream, Stamped
-from agent.disk import DiskImage
+from agent.disk import DiskImage, WritesStopped
 from agent.modes import Measure, ModePolicy, next_mode
 from agent.psloss import LossDetector
 from agent.resync import RemoteHashes, ResyncJob
@@ -126,6 +126,7 @@ class Replicator:
         self.protected: set[int] = set()
         self._watch_task: asyncio.Task[None] | None = None
         self.mode_changes: list[tuple[str, str, str, str]] = []  # (disk, from, to, why), recent first out
+        self.writes_stopped: str | None = None  # why writes are refused (a planned failover: agent/shutdown.py)
 
     def start(self) -> None:
         self.clock.start()
@@ -151,6 +152,7 @@ class Replicator:
         disk.check(offset, len(data))
         self.tracker.check_wnum(wnum)
         async with self._write_lock:
+            self._check_running()
             self.tracker.check_wnum(wnum)  # another writer may have gone first while we waited
             await self._apply(index, wnum, offset, data)
         self._after_write(index)
@@ -159,10 +161,15 @@ class Replicator:
         """A write whose number the agent assigns (block clients that keep no write log, e.g. NBD)."""
         self.disks[index].check(offset, len(data))
         async with self._write_lock:
+            self._check_running()
             wnum = self.tracker.last_wnum + 1
             await self._apply(index, wnum, offset, data)
         self._after_write(index)
         return wnum
+
+    def _check_running(self) -> None:
+        if self.writes_stopped is not None:
+            raise WritesStopped(self.writes_stopped)
 
     async def _apply(self, index: int, wnum: int, offset: int, data: bytes) -> None:
         """Activity log (durable if the extent was cold) -> the disk -> the tracker (under the lock)."""

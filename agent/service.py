@@ -20,6 +20,7 @@ from agent.disk import DiskImage
 from agent.nbd import NbdServer
 from agent.progress import ProgressReporter
 from agent.replication import Pipeline, Replicator
+from agent.shutdown import Shutdown
 from agent.state import AgentState, DiskState, StateStore
 from common import errors, tls
 from common import logging as dlog
@@ -47,6 +48,7 @@ class AgentService:
         self.nbd: NbdServer | None = None  # the NBD export on loopback, when cfg.nbd_enabled
         self.progress: ProgressReporter | None = None
         self.bookmarks: BookmarkAgent | None = None  # crash / app-consistent tags, group bookmarks
+        self.shutdown: Shutdown | None = None  # planned failover: the machine stops taking writes
         self._settings_lock = asyncio.Lock()
         self.actlog: ActivityLog | None = None
         self._ps_lost_task: asyncio.Task[None] | None = None
@@ -96,6 +98,8 @@ class AgentService:
     async def stop(self) -> None:
         if self.bookmarks is not None:  # first: a freeze in progress is released
             await self.bookmarks.stop()
+        if self.shutdown is not None:
+            await self.shutdown.stop()
         if self.nbd is not None:
             await self.nbd.stop()
         if self.blockserver is not None:
@@ -263,6 +267,11 @@ class AgentService:
             self.bookmarks.start()
         if self.bookmarks is not None:
             self.bookmarks.on_settings(document)  # bookmark requests of the CS (agent/bookmarks.py)
+        if self.shutdown is None and self.replicator is not None and self.control is not None:
+            cs = self.control.cs
+            self.shutdown = Shutdown(self.replicator, lambda body: cs.post("/v1/machines/self/shutdown", body))
+        if self.shutdown is not None:
+            self.shutdown.on_settings(document)  # a planned failover stops the machine (agent/shutdown.py)
 
     async def _apply_disk(self, index: int, name: str, entry: dict[str, Any] | None) -> None:
         assert self.replicator is not None
@@ -289,9 +298,13 @@ class AgentService:
             await self.replicator.close(index)
         if entry.get("resync_scope") == "hot" and gen > st.generation and (st.resync_done_seq or st.copy_partial):
             st.next_resync_partial = True  # e.g. a PS switch with the old PS dead: the hot extents only
-        self._open(index, st, gen, ps_url, str(entry.get("resync_reason") or "ps-lost"))
+        self._open(index, st, gen, ps_url, str(entry.get("resync_reason") or "ps-lost"),
+                   seeded=entry.get("seeded") is True)
 
-    def _open(self, index: int, st: DiskState, gen: int, ps_url: str, new_reason: str = "ps-lost") -> None:
+    def _open(self, index: int, st: DiskState, gen: int, ps_url: str, new_reason: str = "ps-lost",
+              seeded: bool = False) -> None:
+        """``seeded``: the MT adopted an existing disk as the replica (cs/targets.py): a new
+        generation compares block hashes even when it is the first."""
         assert self.replicator is not None
         if st.generation == gen and st.resync_done_seq:  # clean restart in data mode
             self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url, next_seq=st.next_seq,
@@ -312,11 +325,11 @@ class AgentService:
             self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url,
                                  resync_from=0, resync_extents=extents, reason=reason)
         else:  # a new generation: the whole disk (copied onto an empty replica, else compared by hashes)
-            st = DiskState(disk_id=st.disk_id, name=st.name, generation=gen, resync_skip_zero=gen == 1)
+            st = DiskState(disk_id=st.disk_id, name=st.name, generation=gen, resync_skip_zero=gen == 1 and not seeded)
             self.state.disks[st.name] = st
             self.replicator.open(index, disk_id=st.disk_id, generation=gen, ps_url=ps_url,
                                  resync_from=0, skip_zero=st.resync_skip_zero,
-                                 reason="initial" if gen == 1 else "resync")
+                                 reason=("seeded" if seeded else "initial") if gen == 1 else "resync")
 
     def _remember_pipelines(self) -> None:
         assert self.replicator is not None

@@ -177,6 +177,21 @@ class MTConfig(ComponentConfig):
     segment_max_bytes: int = 64 * MiB
     max_batch_bytes: int = 64 * MiB
     hash_max_bytes: int = 64 * MiB  # the most replica bytes one block-hashes answer covers
+    # where existing disks may be adopted as replicas (seeds: reprotect, failback; mt/seed.py); None: nowhere
+    datastore_dir: Path | None = None
+    # Retention (mt/retention.py): the retention volume is retention_max_bytes of journal (0: the
+    # data directory's file system, by statvfs); under retention_low_free_pct % free a disk follows
+    # its policy's low_space_action until retention_resume_free_pct % is free again.
+    retention_max_bytes: int = 0
+    retention_low_free_pct: float = 10.0
+    retention_resume_free_pct: float = 15.0
+    retention_check_interval_s: float = 5.0  # how often an idle (or paused) disk looks again
+
+    def __post_init__(self) -> None:
+        if self.retention_max_bytes < 0 or self.retention_check_interval_s <= 0:
+            raise ConfigError("need retention_max_bytes >= 0 and retention_check_interval_s > 0")
+        if not 0.0 <= self.retention_low_free_pct <= self.retention_resume_free_pct <= 100.0:
+            raise ConfigError("need 0 <= retention_low_free_pct <= retention_resume_free_pct <= 100")
 
 
 @dataclass

@@ -56,9 +56,29 @@ class CSAdminClient:
     async def disks(self) -> list[dict[str, Any]]:
         return await all_pages(self._api, "/v1/disks")
 
-    async def protect(self, machine_id: str, policy: str | None = None) -> list[dict[str, Any]]:
-        body = {"policy": policy} if policy is not None else None
-        return list((await self._api.post(f"/v1/machines/{machine_id}/protect", body))["disks"])
+    async def protect(self, machine_id: str, policy: str | None = None, **targets: Any) -> list[dict[str, Any]]:
+        """``targets``: ``ps_id``, ``mt_id``, ``seed`` (cs/targets.py)."""
+        body = {**({"policy": policy} if policy is not None else {}), **targets}
+        return list((await self._api.post(f"/v1/machines/{machine_id}/protect", body or None))["disks"])
+
+    async def machine_op(self, machine_id: str, op: str, body: dict[str, Any] | None = None) -> str:
+        """Start a failover operation of a machine (cs/machine_ops.py: test-failover, failover,
+        change-point, cleanup-test-failover, commit); returns its job id."""
+        return str((await self._api.post(f"/v1/machines/{machine_id}/{op}", body or {}))["job_id"])
+
+    async def resyncs(self, disk_id: str) -> list[dict[str, Any]]:
+        """The disk's resyncs, newest first (reason, mode, bytes compared and sent)."""
+        return await all_pages(self._api, f"/v1/disks/{disk_id}/resyncs")
+
+    async def ensure_site(self, name: str, kind: str) -> None:
+        """Create the site unless it exists."""
+        try:
+            await self._api.post("/v1/sites", {"name": name, "kind": kind})
+        except errors.Conflict:
+            pass
+
+    async def site_members(self, name: str, members: list[str]) -> None:
+        await self._api.post(f"/v1/sites/{name}/members", {"members": members})
 
     async def failover(self, disk_id: str, point: Point = "latest") -> str:
         return str((await self._api.post(f"/v1/disks/{disk_id}/failover", {"point": point}))["job_id"])

@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
 from common import logging as dlog
-from cs import protection, validate
+from cs import protection, release, targets, validate
 from cs.db import repo
-from cs.db.models import Component, Disk, Resync
+from cs.db.models import Component, Disk, Machine, Resync
 from cs.state import CSState
 
 log = dlog.get("drlab.cs.disks")
@@ -35,6 +35,7 @@ log = dlog.get("drlab.cs.disks")
 STATES = ("unprotected", "enabling", "initial-replication", "protected", "resync", "resync-required",
           "resyncing", "failover-in-progress", "failed-over", "committed", "reprotecting", "failback",
           "failed-back")
+FAILOVER_STATES = ("failover-in-progress", "failed-over", "committed")  # an agent's report never changes these
 MAX_DISKS = 64
 # known reasons: initial, unclean-shutdown, ps-lost, ps-switch, user, verify, target, disk-resize (open-ended)
 REASON = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -176,8 +177,10 @@ async def progress(state: CSState, machine_id: str, disk_id: str, values: Progre
         disk = await own_disk(session, disk_id, machine_id)
         if values.generation is not None and values.generation != disk.generation:
             return False
-        disk.state, disk.percent, disk.bytes_done, disk.bytes_total = (values.state, values.percent,
-                                                                       values.bytes_done, values.bytes_total)
+        kept = disk.state in FAILOVER_STATES  # the CS's failover operations own these (cs/machine_ops.py)
+        disk.state, disk.percent, disk.bytes_done, disk.bytes_total = (disk.state if kept else values.state,
+                                                                       values.percent, values.bytes_done,
+                                                                       values.bytes_total)
         if values.generation is not None:
             await _note_resync(session, disk, values)
     return True
@@ -228,14 +231,17 @@ async def bump_for_resync(session: AsyncSession, disk: Disk, reason: str) -> int
     return disk.generation
 
 
-def _least_loaded(candidates: list[Component], load: dict[str, int], what: str) -> Component:
-    if not candidates:
-        raise errors.Conflict(f"no {what} is registered")
-    return min(candidates, key=lambda c: (load.get(c.component_id, 0), c.registered_at, c.component_id))
+def replicating(disk: Disk) -> bool:
+    """Whether the disk replicates now: assigned, and not committed after a failover (a committed
+    disk belongs to its failed-over twin until it is protected again, e.g. after failback)."""
+    return disk.ps_id is not None and disk.mt_id is not None and disk.state != "committed"
 
 
-async def protect(state: CSState, machine_id: str, policy: str | None = None) -> list[dict[str, Any]]:
-    """Protect every disk of the machine, under ``policy`` (default: the default policy)."""
+async def protect(state: CSState, machine_id: str, policy: str | None = None,
+                  request: targets.ProtectRequest | None = None) -> list[dict[str, Any]]:
+    """Protect every disk of the machine, under ``policy`` (default: the default policy), on the
+    PS and MT the request names or the CS picks (cs/targets.py), seeded disks by checksum."""
+    request = request or targets.ProtectRequest(policy=policy)
     async with state.change() as session:
         machine = await session.get(Component, machine_id)
         if machine is None or machine.role != "agent":
@@ -243,28 +249,51 @@ async def protect(state: CSState, machine_id: str, policy: str | None = None) ->
         disks = list(await repo.disks(session, machine_id=machine_id))
         if not disks:
             raise errors.Conflict(f"machine {machine_id} has reported no disks")
-        ps_id, mt_id = await _targets(session, disks)
+        ps_id, mt_id = await _targets(session, machine, disks, request)
+        mt = targets.named(await session.get(Component, mt_id), mt_id, "mt")
+        targets.check_seed(request.seed, [d.name for d in disks], mt)
+        again = sorted(d.name for d in disks if d.name in request.seed and replicating(d))
+        if again:
+            raise errors.Conflict(f"disk {again[0]} replicates already: a seed is for a disk being protected")
+        excluded = await release.excluded(session, disks)  # excluded disks stay out (POST .../include)
         for disk in disks:
-            if disk.ps_id is None:
+            if not replicating(disk) and disk.disk_id not in excluded:
                 _enable(disk, ps_id, mt_id)
-                await start_resync(session, disk, "initial")
-        await protection.on_protect(session, machine, policy)  # the protected item: machine + policy
+                disk.replica_path = request.seed.get(disk.name)
+                await start_resync(session, disk, "initial" if disk.replica_path is None else "seeded")
+                await release.on_enable(session, disk, mt_id)  # points kept by a disable: reused or deleted
+        await protection.on_protect(session, machine, request.policy)  # the protected item: machine + policy
         last = await latest_resyncs(session, [d.disk_id for d in disks])
         views = [disk_view(d, last.get(d.disk_id)) for d in disks]
     log.info("protected", machine_id=machine_id, ps_id=ps_id, mt_id=mt_id,
-             disks=[v["disk_id"] for v in views])
+             disks=[v["disk_id"] for v in views], seeded=sorted(request.seed))
     return views
 
 
-async def _targets(session: AsyncSession, disks: list[Disk]) -> tuple[str, str]:
-    """The machine's PS and MT: those its protected disks already use, else the least loaded."""
-    assigned = next((d for d in disks if d.ps_id is not None and d.mt_id is not None), None)
+async def _targets(session: AsyncSession, machine: Component, disks: list[Disk],
+                   request: targets.ProtectRequest) -> tuple[str, str]:
+    """The machine's PS and MT: those its protected disks already use, else the named ones, else
+    the least loaded (preferring a PS in the machine's site and an MT outside it)."""
+    assigned = next((d for d in disks if replicating(d)), None)
     if assigned is not None and assigned.ps_id and assigned.mt_id:
+        if request.ps_id not in (None, assigned.ps_id) or request.mt_id not in (None, assigned.mt_id):
+            raise errors.Conflict(f"machine {machine.component_id} already replicates through PS {assigned.ps_id} "
+                                  f"and MT {assigned.mt_id} (a PS switch moves it)")
         return assigned.ps_id, assigned.mt_id
-    ps = _least_loaded(list(await repo.components(session, "ps")), await repo.load_by_column(session, "ps_id"),
-                       "process server")
-    mt = _least_loaded(list(await repo.components(session, "mt")), await repo.load_by_column(session, "mt_id"),
-                       "master target")
+    site = targets.machine_site(machine, await session.get(Machine, machine.component_id))
+    if request.ps_id is not None:
+        ps = targets.named(await session.get(Component, request.ps_id), request.ps_id, "ps")
+    else:
+        ps = targets.pick(list(await repo.components(session, "ps")), await repo.load_by_column(session, "ps_id"),
+                          "process server", site=site, same_site=True)
+    kept = await release.kept_mt(session, disks) if request.mt_id is None else None
+    if kept is not None:  # points a disable kept: the disk resumes on their MT
+        return ps.component_id, kept
+    if request.mt_id is not None:
+        mt = targets.named(await session.get(Component, request.mt_id), request.mt_id, "mt")
+    else:
+        mt = targets.pick(list(await repo.components(session, "mt")), await repo.load_by_column(session, "mt_id"),
+                          "master target", site=site, same_site=False)
     return ps.component_id, mt.component_id
 
 

@@ -68,8 +68,8 @@ async def failover(state: CSState, disk_id: str, point: str | dict[str, Any]) ->
         disk = await session.get(Disk, disk_id)
         if disk is None:
             raise errors.NotFound(f"no disk {disk_id}")
-        if disk.mt_id is None:
-            raise errors.Conflict(f"disk {disk_id} is not protected")
+        if disk.mt_id is None or disk.state == "committed":
+            raise errors.Conflict(f"disk {disk_id} is not protected ({disk.state})")
         if any(not machines.is_listing_probe(j) for j in await repo.active_jobs_for_disk(session, disk_id)):
             raise errors.Conflict(f"disk {disk_id} already has a job in progress")
         job = Job(job_id=uuid.uuid4().hex, kind="failover", disk_id=disk_id, state="queued",

@@ -46,6 +46,7 @@ class DiskPoint:
     t_first_ns: int
     t_last_ns: int
     accuracy: str
+    tags: tuple[str, ...] = ()  # its bookmark tags (when the MT listed them)
 
     @classmethod
     def parse(cls, item: Any) -> DiskPoint:
@@ -60,7 +61,11 @@ class DiskPoint:
             values[name] = value
         if item.get("accuracy") not in ACCURACY_RANK:
             raise errors.BadRequest(f"point accuracy must be one of {', '.join(ACCURACY_RANK)}")
-        return cls(accuracy=str(item["accuracy"]), **values)
+        tags = item.get("tags", [])
+        if not isinstance(tags, list) or len(tags) > MAX_TAGS \
+                or not all(isinstance(t, str) and len(t) <= MAX_TAG_CHARS for t in tags):
+            raise errors.BadRequest(f"point tags must be a list of at most {MAX_TAGS} strings")
+        return cls(accuracy=str(item["accuracy"]), tags=tuple(tags), **values)
 
     @classmethod
     def parse_optional(cls, item: Any) -> DiskPoint | None:
@@ -68,7 +73,30 @@ class DiskPoint:
 
     def public(self) -> dict[str, Any]:
         return {"gen": self.gen, "seq": self.seq, "wnum_first": self.wnum_first, "wnum_hi": self.wnum_hi,
-                "t_first_ns": self.t_first_ns, "t_last_ns": self.t_last_ns, "accuracy": self.accuracy}
+                "t_first_ns": self.t_first_ns, "t_last_ns": self.t_last_ns, "accuracy": self.accuracy,
+                "tags": list(self.tags), "types": point_types(self.tags, self.accuracy)}
+
+
+APP_KINDS = ("app", "group-app")  # as mt/catalog.py: app-consistent (hooks ran around a freeze)
+GROUP_KINDS = ("group-app", "group-crash")  # multi-machine: the CS's two-phase bookmark
+MAX_TAGS = 64
+MAX_TAG_CHARS = 4096
+
+
+def tag_kind(tag: str) -> str:
+    return tag.partition(":")[0] if ":" in tag else ""
+
+
+def point_types(tags: Sequence[str], accuracy: str) -> list[str]:
+    """A point's types: none for a point that is not valid (accuracy ``none``: resyncing); else
+    ``crash-consistent`` (every disk of the machine is cut at one write boundary), plus
+    ``app-consistent`` with an ``app:`` / ``group-app:`` tag and ``multi-machine`` with a ``group-*:``
+    tag (docs/PROTOCOL.md, "Bookmarks")."""
+    if accuracy == "none":
+        return []
+    kinds = {tag_kind(t) for t in tags}
+    return ["crash-consistent"] + (["app-consistent"] if kinds & set(APP_KINDS) else []) \
+        + (["multi-machine"] if kinds & set(GROUP_KINDS) else [])
 
 
 def worst(accuracies: Sequence[str]) -> str:
@@ -82,8 +110,20 @@ class MachinePoint:
     accuracy: str
     disks: Mapping[str, DiskPoint]
 
+    @property
+    def tags(self) -> list[str]:
+        """The tags every disk's point carries, each point cut at this very W (a bookmark cuts every
+        disk of the machine at one boundary; the same tag at other W is not this machine point's)."""
+        sets = [set(p.tags) for p in self.disks.values() if p.wnum_hi == self.wnum]
+        return sorted(set.intersection(*sets)) if sets and len(sets) == len(self.disks) else []
+
     def public(self) -> dict[str, Any]:
-        return {"wnum": self.wnum, "t_ns": self.t_ns, "accuracy": self.accuracy,
+        """Time, types, accuracy and write range: the machine's writes ``wnum_first..wnum`` are in
+        its disks' newest batches here (``wnum_first`` 0 when none holds a client write)."""
+        firsts = [p.wnum_first for p in self.disks.values() if p.wnum_first]
+        tags = self.tags
+        return {"wnum": self.wnum, "wnum_first": min(firsts, default=0), "wnum_hi": self.wnum, "t_ns": self.t_ns,
+                "accuracy": self.accuracy, "tags": tags, "types": point_types(tags, self.accuracy),
                 "disks": {d: p.public() for d, p in sorted(self.disks.items())}}
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common import errors
 from common import logging as dlog
 from cs import machinepoints as mp
-from cs import validate
+from cs import pointnames, validate
 from cs.db import meta, repo
 from cs.db.models import Component, Disk, Job
 from cs.state import CSState
@@ -40,11 +40,14 @@ PROBE_KIND = "points"
 FINAL_STATES = ("succeeded", "failed")
 MAX_LIST = 1000  # points per disk in a listing probe (an MT result is at most 256 KiB)
 PROBE_TIMEOUT_S = 15.0  # a listing waits this long for every disk's MT
-NAMED = ("latest", "latest-processed")
+NAMED = ("latest", "latest-processed", "latest-app-consistent", "latest-multi-machine")
+TAGGED_NAMED = {"latest-app-consistent": "latest_app_consistent", "latest-multi-machine": "latest_multi_machine"}
 
 
 def parse_point(body: dict[str, Any]) -> str | dict[str, int]:
-    """``"latest"`` (default), ``"latest-processed"``, ``{"wnum": W}`` or ``{"time_ns": T}``."""
+    """``"latest"`` (default), ``"latest-processed"``, ``"latest-app-consistent"``,
+    ``"latest-multi-machine"`` (the W of the newest such tag every disk carries; cs/pointnames.py),
+    ``{"wnum": W}`` or ``{"time_ns": T}``."""
     if set(body) - {"point"}:
         raise errors.BadRequest("a machine failover takes only a point")
     point = body.get("point", "latest")
@@ -54,7 +57,7 @@ def parse_point(body: dict[str, Any]) -> str | dict[str, int]:
         return {"wnum": validate.integer(point, "wnum", low=1)}
     if isinstance(point, dict) and set(point) == {"time_ns"}:
         return {"time_ns": validate.integer(point, "time_ns", low=1)}
-    raise errors.BadRequest('point must be "latest", "latest-processed", {"wnum": int} or {"time_ns": int}')
+    raise errors.BadRequest(f'point must be one of {", ".join(NAMED)}, {{"wnum": int}} or {{"time_ns": int}}')
 
 
 def is_listing_probe(job: Job) -> bool:
@@ -67,6 +70,8 @@ def is_listing_probe(job: Job) -> bool:
 def first_query(spec: str | dict[str, int]) -> dict[str, Any]:
     if isinstance(spec, dict) and "time_ns" in spec:
         return {"drain": True, "time_ns": spec["time_ns"]}
+    if isinstance(spec, str) and spec in TAGGED_NAMED:  # tagged points (a bookmark's batch may be staged)
+        return {"drain": True, "named": True}
     return {"drain": spec != "latest-processed"}
 
 
@@ -86,6 +91,8 @@ def after_probe(spec: str | dict[str, int], results: dict[str, dict[str, Any]]) 
         return "failover", mp.check_wnum(latests, spec["wnum"])
     if isinstance(spec, dict) and "time_ns" in spec:
         return "below", mp.time_bound(latests, _field(results, "after"))
+    if isinstance(spec, str) and spec in TAGGED_NAMED:
+        return "failover", mp.check_wnum(latests, pointnames.tagged_wnum(results, TAGGED_NAMED[spec]))
     return "failover", mp.latest_wnum(latests)
 
 
@@ -111,7 +118,8 @@ async def _machine_disks(session: AsyncSession, machine_id: str) -> list[Disk]:
     machine = await session.get(Component, machine_id)
     if machine is None or machine.role != "agent":
         raise errors.NotFound(f"no machine {machine_id}")
-    disks = [d for d in await repo.disks(session, machine_id=machine_id) if d.mt_id is not None]
+    disks = [d for d in await repo.disks(session, machine_id=machine_id)
+             if d.mt_id is not None and d.state != "committed"]  # a committed disk left its MT
     if not disks:
         raise errors.Conflict(f"machine {machine_id} has no protected disk")
     return disks
@@ -123,10 +131,14 @@ def _new_job(kind: str, target: str, params: dict[str, Any], now: int, state: st
 
 
 def _children(session: AsyncSession, parent: Job, phase: str, point: Any, now: int) -> dict[str, str]:
-    kind = "failover" if phase == "failover" else PROBE_KIND
+    """One child per disk; the failover phase of a point change (``views``: disk id -> the view a
+    failover made) moves each disk's view (``view-change``) instead of making a new one."""
+    views = parent.params.get("views") or {}
+    kind = ("view-change" if views else "failover") if phase == "failover" else PROBE_KIND
     out = {}
     for disk_id in sorted(parent.params["disks"]):
-        child = _new_job(kind, disk_id, {"point": point, "parent": parent.job_id, "phase": phase}, now)
+        where = {"view": views[disk_id], "to": point} if kind == "view-change" else point
+        child = _new_job(kind, disk_id, {"point": where, "parent": parent.job_id, "phase": phase}, now)
         session.add(child)
         out[disk_id] = child.job_id
     return out
@@ -134,21 +146,34 @@ def _children(session: AsyncSession, parent: Job, phase: str, point: Any, now: i
 
 async def failover(state: CSState, machine_id: str, spec: str | dict[str, int]) -> str:
     """Queue a machine failover (202): refused (409) while any of its disks has a job going."""
-    now = time.time_ns()
     async with state.change() as session:
-        disks = await _machine_disks(session, machine_id)
-        busy = [d.name for d in disks if any(not is_listing_probe(j)
-                                               for j in await repo.active_jobs_for_disk(session, d.disk_id))]
-        if busy or await repo.active_jobs_for_disk(session, machine_id):
-            raise errors.Conflict(f"machine {machine_id} has a job in progress (disks: {', '.join(busy) or '-'})")
-        parent = _new_job(MACHINE_KIND, machine_id, {}, now, state="running")
-        params: dict[str, Any] = {"machine_id": machine_id, "point": spec, "phase": "probe",
-                                  "disks": {d.disk_id: d.name for d in disks}}
-        parent.params = params
-        session.add(parent)
-        params["children"] = _children(session, parent, "probe", first_query(spec), now)
-        parent.params = dict(params)
-    log.info("machine_failover_queued", job_id=parent.job_id, machine_id=machine_id, point=spec, disks=len(disks))
+        return await start(session, machine_id, spec)
+
+
+async def start(session: AsyncSession, machine_id: str, spec: str | dict[str, int], *, mode: str | None = None,
+                views: dict[str, str] | None = None, owner: str | None = None) -> str:
+    """Queue a machine failover in the caller's transaction. ``mode`` (test|unplanned) is recorded;
+    ``views`` makes it a point change of those views; ``owner`` is the operation job that asks
+    (cs/machine_ops.py), not counted as a job in progress."""
+    now = time.time_ns()
+    disks = await _machine_disks(session, machine_id)
+    busy = [d.name for d in disks if any(not is_listing_probe(j)
+                                           for j in await repo.active_jobs_for_disk(session, d.disk_id))]
+    others = [j for j in await repo.active_jobs_for_disk(session, machine_id) if j.job_id != owner]
+    if busy or others:
+        raise errors.Conflict(f"machine {machine_id} has a job in progress (disks: {', '.join(busy) or '-'})")
+    if views is not None and set(views) != {d.disk_id for d in disks}:
+        raise errors.Conflict(f"machine {machine_id}: its protected disks are not those of its failover views")
+    parent = _new_job(MACHINE_KIND, machine_id, {}, now, state="running")
+    params: dict[str, Any] = {"machine_id": machine_id, "point": spec, "phase": "probe",
+                              "disks": {d.disk_id: d.name for d in disks},
+                              **({"mode": mode} if mode else {}), **({"views": views} if views else {})}
+    parent.params = params
+    session.add(parent)
+    params["children"] = _children(session, parent, "probe", first_query(spec), now)
+    parent.params = dict(params)
+    log.info("machine_failover_queued", job_id=parent.job_id, machine_id=machine_id, point=spec, disks=len(disks),
+             mode=mode, change=views is not None)
     return parent.job_id
 
 
@@ -156,7 +181,7 @@ async def child_finished(session: AsyncSession, child: Job) -> None:
     """Called in the transaction that stored ``child``'s final state: when it was the last child
     of its machine job's phase, start the next phase or finish the machine job."""
     parent_id = (child.params or {}).get("parent")
-    if child.kind not in (PROBE_KIND, "failover") or not parent_id:
+    if child.kind not in (PROBE_KIND, "failover", "view-change") or not parent_id:
         return
     parent = await session.get(Job, parent_id)
     if parent is None or parent.kind != MACHINE_KIND or parent.state in FINAL_STATES:
@@ -190,9 +215,11 @@ def _advance(session: AsyncSession, parent: Job, params: dict[str, Any], results
     elif phase == "below":
         phase, number = "failover", mp.time_wnum(_field(results, "below"), int(params["bound"]))
     else:
-        outcome = failover_outcome(int(params["wnum"]), params["disks"], params["children"], results)
+        outcome = failover_outcome(int(params["wnum"]), params["disks"], params.get("views") or params["children"],
+                                   results)  # a disk's view id: the failover job that made it
         _finish(parent, now, result={"machine_id": params["machine_id"], "point": spec,
-                                     "latest": params.get("latest", {}), **outcome})
+                                     "latest": params.get("latest", {}), **outcome,
+                                     **({"mode": params["mode"]} if params.get("mode") else {})})
         return
     if phase == "below":
         params["bound"] = number
@@ -217,32 +244,63 @@ def _finish(parent: Job, now: int, *, result: dict[str, Any] | None = None, erro
 
 async def points(state: CSState, machine_id: str, limit: int, timeout_s: float | None = None) -> dict[str, Any]:
     """The machine's newest ``limit`` consistent points (oldest first), from each disk's newest
-    ``limit`` points, asked of the MTs by listing probes (deleted once answered)."""
+    ``limit`` points, asked of the MTs by listing probes (deleted once answered), and its named
+    choices (cs/pointnames.py)."""
+    disks, results = await _listing(state, lambda s: _machine_disks(s, machine_id), limit, timeout_s)
+    names = {d.disk_id: d.name for d in disks}
+    windows, latests = {}, {}
+    for disk_id, result in results.items():
+        windows[disk_id] = _window(result, names[disk_id])
+        latests[disk_id] = mp.DiskPoint.parse_optional(result.get("latest"))
+    top = None if any(p is None for p in latests.values()) else mp.latest_wnum(latests)
+    return {"machine_id": machine_id, "latest_wnum": top,
+            "named": pointnames.machine_named(results, windows),
+            "disks": [{"disk_id": d, "name": names[d], "latest": p.public() if p else None}
+                      for d, p in sorted(latests.items(), key=lambda kv: names[kv[0]])],
+            "items": [p.public() for p in mp.listing(windows, limit)]}
+
+
+async def disk_points(state: CSState, disk_id: str, limit: int, timeout_s: float | None = None) -> dict[str, Any]:
+    """One disk's newest ``limit`` points (oldest first) and its named choices, asked of its MT."""
+    async def load(session: AsyncSession) -> list[Disk]:
+        disk = await session.get(Disk, disk_id)
+        if disk is None:
+            raise errors.NotFound(f"no disk {disk_id}")
+        if disk.mt_id is None:
+            raise errors.Conflict(f"disk {disk_id} is not protected")
+        return [disk]
+
+    [disk], results = await _listing(state, load, limit, timeout_s)
+    result = results[disk_id]
+    return {"disk_id": disk_id, "name": disk.name, "machine_id": disk.machine_id,
+            "named": pointnames.disk_named(result),
+            "items": [p.public() for p in _window(result, disk.name).points]}
+
+
+def _window(result: dict[str, Any], name: str) -> mp.Window:
+    items = result.get("points")
+    if not isinstance(items, list):
+        raise errors.Unavailable(f"disk {name}: the MT's answer has no points")
+    return mp.Window([mp.DiskPoint.parse(p) for p in items])
+
+
+async def _listing(state: CSState, load: Callable[[AsyncSession], Awaitable[list[Disk]]], limit: int,
+                   timeout_s: float | None) -> tuple[list[Disk], dict[str, dict[str, Any]]]:
+    """The disks ``load`` names and each one's answer to a listing probe (``recent``, ``named``);
+    503 when any MT fails to answer."""
     timeout_s = PROBE_TIMEOUT_S if timeout_s is None else timeout_s
     now = time.time_ns()
+    query = {"recent": limit, "named": True}
     async with state.change() as session:
-        disks = await _machine_disks(session, machine_id)
-        probes = {d.disk_id: _new_job(PROBE_KIND, d.disk_id, {"point": {"recent": limit}, "listing": True}, now)
-                  for d in disks}
+        disks = await load(session)
+        probes = {d.disk_id: _new_job(PROBE_KIND, d.disk_id, {"point": query, "listing": True}, now) for d in disks}
         session.add_all(probes.values())
     names = {d.disk_id: d.name for d in disks}
     jobs = await _wait_final(state, [j.job_id for j in probes.values()], timeout_s)
     failed = {d: j.error for d, j in zip(probes, jobs, strict=True) if j.state != "succeeded"}
     if failed:
         raise errors.Unavailable("; ".join(f"disk {names[d]}: {e}" for d, e in sorted(failed.items())))
-    results = {d: j.result or {} for d, j in zip(probes, jobs, strict=True)}
-    windows, latests = {}, {}
-    for disk_id, result in results.items():
-        items = result.get("points")
-        if not isinstance(items, list):
-            raise errors.Unavailable(f"disk {names[disk_id]}: the MT's answer has no points")
-        windows[disk_id] = mp.Window([mp.DiskPoint.parse(p) for p in items])
-        latests[disk_id] = mp.DiskPoint.parse_optional(result.get("latest"))
-    top = None if any(p is None for p in latests.values()) else mp.latest_wnum(latests)
-    return {"machine_id": machine_id, "latest_wnum": top,
-            "disks": [{"disk_id": d, "name": names[d], "latest": p.public() if p else None}
-                      for d, p in sorted(latests.items(), key=lambda kv: names[kv[0]])],
-            "items": [p.public() for p in mp.listing(windows, limit)]}
+    return disks, {d: j.result or {} for d, j in zip(probes, jobs, strict=True)}
 
 
 async def _wait_final(state: CSState, job_ids: Sequence[str], timeout_s: float) -> list[Job]:

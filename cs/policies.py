@@ -1,4 +1,6 @@
-"""Replication policies: RPO threshold, retention window, consistency intervals, multi-machine consistency.
+"""Replication policies: RPO threshold, retention window, consistency intervals, multi-machine consistency,
+and what the MT does when its retention volume runs low (``low_space_action``: ``prune`` the oldest
+points even inside the window, or ``pause`` applying and raise an alert; mt/retention.py).
 
 As in the emulated product (REFERENCE.md): the RPO threshold only raises alerts, retention is up
 to 15 days, app-consistent points every 1 to 12 hours (0: none; the lab may go down to a minute),
@@ -26,11 +28,13 @@ log = dlog.get("drlab.cs.policies")
 DEFAULT = "default"
 DAY_S = 86_400
 DEFAULTS: dict[str, Any] = {"rpo_threshold_s": 3600, "retention_window_s": DAY_S, "app_consistent_interval_s": 4 * 3600,
-                            "crash_consistent_interval_s": None, "multi_machine_consistency": False}
+                            "crash_consistent_interval_s": None, "multi_machine_consistency": False,
+                            "low_space_action": "prune"}
 # field: (low, high); app_consistent 0 means off
 BOUNDS = {"rpo_threshold_s": (60, 7 * DAY_S), "retention_window_s": (60, 15 * DAY_S),
           "app_consistent_interval_s": (60, 12 * 3600), "crash_consistent_interval_s": (1, 3600)}
-FIELDS = (*BOUNDS, "multi_machine_consistency")
+LOW_SPACE_ACTIONS = ("prune", "pause")
+FIELDS = (*BOUNDS, "multi_machine_consistency", "low_space_action")
 
 
 def _int(body: dict[str, Any], field: str) -> int:
@@ -57,6 +61,10 @@ def parse(body: dict[str, Any], current: dict[str, Any] | None = None) -> dict[s
         if not isinstance(body["multi_machine_consistency"], bool):
             raise errors.BadRequest("multi_machine_consistency must be true or false")
         values["multi_machine_consistency"] = body["multi_machine_consistency"]
+    if "low_space_action" in body:
+        if body["low_space_action"] not in LOW_SPACE_ACTIONS:
+            raise errors.BadRequest(f"low_space_action must be one of {', '.join(LOW_SPACE_ACTIONS)}")
+        values["low_space_action"] = body["low_space_action"]
     check(values)
     return values
 

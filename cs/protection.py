@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from common import errors
 from common import logging as dlog
-from cs import model, policies
+from cs import policies
 from cs.db import repo
 from cs.db.models import Component, Disk, Machine, Policy
 
@@ -73,7 +73,11 @@ async def ensure(session: AsyncSession, agent: Component) -> Machine:
 
 
 async def on_protect(session: AsyncSession, agent: Component, policy_name: str | None) -> Machine:
-    """Put the machine under ``policy_name`` (default: the default policy) in the protect transaction."""
+    """Put the machine under ``policy_name`` (default: the policy it is under already, else the
+    default policy) in the protect transaction (protecting a new disk keeps the machine's policy)."""
+    if policy_name is None:
+        current = await session.get(Machine, agent.component_id)
+        policy_name = current.policy_name if current is not None else None
     policy = await policies.resolve(session, policy_name)
     state = machine_state(d.state for d in await repo.disks(session, machine_id=agent.component_id))
     row = await ensure(session, agent)  # no query after this: one audit row for a new machine
@@ -145,13 +149,3 @@ def _follow_disks(session: Session, _ctx: Any, _instances: Any) -> None:
             new_state = machine_state(d.state for d in disks.values() if d not in session.deleted)
             if new_state != row.protection_state:
                 row.protection_state, row.updated_ns = new_state, time.time_ns()
-
-
-def parse_protect(body: dict[str, Any]) -> str | None:
-    """The body of a protect call: ``{}`` or ``{"policy": name}`` (pure)."""
-    unknown = sorted(set(body) - {"policy"})
-    if unknown:
-        raise errors.BadRequest(f"unknown field {unknown[0][:64]!r}; known: policy")
-    if "policy" not in body:
-        return None
-    return model.name(body["policy"], "policy")

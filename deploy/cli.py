@@ -14,7 +14,7 @@ from typing import Any
 
 from common import errors, tls
 from common import logging as dlog
-from deploy import cli_cs, cli_model, cli_operators, cli_ps, report
+from deploy import cli_cs, cli_drills, cli_model, cli_operators, cli_ops, cli_points, cli_ps, cli_release, report
 from deploy.topology import DEFAULT_TOPOLOGY
 from deploy.topology import load as load_topology
 
@@ -130,7 +130,14 @@ def cmd_disks(args: argparse.Namespace) -> int:
 
 
 def cmd_protect(args: argparse.Namespace) -> int:
-    out = _admin_call(args, lambda a: a.protect(args.machine_id, policy=args.policy))
+    targets: dict[str, Any] = {k: v for k, v in (("ps_id", args.ps), ("mt_id", args.mt)) if v}
+    if args.seed:
+        pairs = [item.partition("=") for item in args.seed]
+        bad = [item for item, (_, eq, path) in zip(args.seed, pairs, strict=True) if not eq or not path]
+        if bad:
+            raise errors.BadRequest(f"--seed takes DISK=PATH, not {bad[0]!r}")
+        targets["seed"] = {name: path for name, _, path in pairs}
+    out = _admin_call(args, lambda a: a.protect(args.machine_id, policy=args.policy, **targets))
     print(json.dumps(out, indent=2))
     return 0
 
@@ -396,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("protect", help="enable protection of a machine's disks")
     pr.add_argument("machine_id")
     pr.add_argument("--policy", default=None, help="replication policy (default: the default policy)")
+    pr.add_argument("--ps", default=None, help="process server id (default: the least loaded in the machine's site)")
+    pr.add_argument("--mt", default=None, help="master target id (default: the least loaded outside its site)")
+    pr.add_argument("--seed", action="append", default=[], metavar="DISK=PATH",
+                    help="adopt an existing disk in the MT's datastore as DISK's replica (reprotect, failback)")
     pr.set_defaults(func=cmd_protect)
     fo = sub.add_parser("failover", help="fail a disk (or a machine: --machine) over to a recovery point")
     fo.add_argument("disk_id", nargs="?", default=None)
@@ -426,10 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--timeout-s", type=float, default=600.0)
     ver.add_argument("--last", action="store_true", help="show the last verify instead of starting one")
     ver.set_defaults(func=cmd_disk_verify)
+    cli_points.add_disk_parser(dsub)  # drlab disk points
     _bookmark_parsers(sub)
     cli_operators.add_parsers(sub)
     cli_ps.add_parsers(sub)  # drlab ps switch|balance
     cli_model.add_parsers(sub)  # drlab site|machine|policy|plan|account|audit|jobs|job
+    cli_ops.add_parsers(sub)  # drlab machine test-failover|..., plan failover|cleanup, job resume
+    cli_release.add_parsers(cli_ops._subparsers(sub.choices["machine"]), dsub)  # machine disable, disk exclude
+    cli_drills.add_parsers(sub)  # drlab drill failback|site-loss
     return p
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from common import errors
+from deploy import cli_points
 
 POLICY_FIELDS = ("rpo_threshold_s", "retention_window_s", "app_consistent_interval_s", "crash_consistent_interval_s")
 
@@ -90,11 +91,14 @@ def _policy_body(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {f: getattr(args, f) for f in POLICY_FIELDS if getattr(args, f) is not None}
     if args.multi_machine is not None:
         body["multi_machine_consistency"] = args.multi_machine == "yes"
+    if getattr(args, "low_space_action", None) is not None:
+        body["low_space_action"] = args.low_space_action
     return body
 
 
 def cmd_policy_list(args: argparse.Namespace) -> int:
     return _items(args, _all(args, "/v1/policies"), ["name", *POLICY_FIELDS, "multi_machine_consistency",
+                                                     "low_space_action",
                                                      "machines", "groups"])
 
 
@@ -242,12 +246,15 @@ def _site_parsers(sub: Any) -> None:
     ren.add_argument("machine_id")
     ren.add_argument("name")
     ren.set_defaults(func=cmd_machine_rename)
+    cli_points.add_machine_parser(machine)  # drlab machine points
 
 
 def _policy_fields(p: Any) -> None:
     for field in POLICY_FIELDS:
         p.add_argument("--" + field.replace("_", "-"), dest=field, type=int, default=None, metavar="SECONDS")
     p.add_argument("--multi-machine", default=None, choices=("yes", "no"), help="multi-machine consistency")
+    p.add_argument("--low-space-action", default=None, choices=("prune", "pause"),
+                   help="when the MT's retention volume runs low: prune the oldest points, or pause and alert")
 
 
 def _policy_parsers(sub: Any) -> None:

@@ -18,11 +18,12 @@ from typing import Any
 from common import errors, tls
 from common import logging as dlog
 from common.config import CSConfig, dump_toml
-from deploy.topology import Node, Topology
+from deploy.topology import DiskSpec, Node, Topology
 
 log = dlog.get("drlab.lab")
 
 HEARTBEAT_INTERVAL_S = 1.0
+SITE_KINDS = {"onprem": "on-prem", "cloud": "cloud"}  # topology site -> the CS's site kind
 
 
 @dataclass
@@ -58,8 +59,41 @@ class Lab:
     def agent_socket(self, node: Node) -> Path:
         return self.node_dir(node) / "agent.sock"
 
+    def datastore(self, site: str) -> Path:
+        """Where a site's machines keep their disks; the site's MTs may adopt them (mt/seed.py)."""
+        return self.root / "datastore" / site
+
     def disk_path(self, node: Node, disk_name: str) -> Path:
-        return self.node_dir(node) / f"{disk_name}.img"
+        return self.datastore(node.site) / node.name / f"{disk_name}.img"
+
+    # -- nodes added while the lab runs (failed-over machines on the cloud's compute host) -----
+
+    @property
+    def extra_file(self) -> Path:
+        return self.root / "nodes.json"
+
+    def extra_nodes(self) -> tuple[Node, ...]:
+        try:
+            raw = json.loads(self.extra_file.read_text())
+        except (OSError, ValueError):
+            return ()
+        return tuple(Node(n["name"], n["role"], n["address"], dict(n.get("ports", {})),
+                          tuple(DiskSpec(d["name"], int(d["size_bytes"])) for d in n.get("disks", [])),
+                          dict(n.get("config", {})), n.get("site", "cloud")) for n in raw)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """The topology's daemons and the machines added since (agents last)."""
+        return (*self.topology.nodes, *self.extra_nodes())
+
+    def add_node(self, node: Node) -> None:
+        """Record a machine started while the lab runs (``down`` and ``status`` include it)."""
+        if any(n.name == node.name for n in self.nodes):
+            raise errors.Conflict(f"the lab already has a node {node.name}")
+        items = [_node_json(n) for n in self.extra_nodes()] + [_node_json(node)]
+        self.root.mkdir(parents=True, exist_ok=True)
+        tls.durable_write(self.extra_file, json.dumps(items, indent=2).encode())
+        self.write_config(node)
 
     def nbd_url(self, node: Node, disk_name: str) -> str:
         """The NBD URI of a disk of a machine whose topology entry sets ``nbd_port``."""
@@ -102,7 +136,7 @@ class Lab:
             data.update(listen_host=node.address, data_port=node.ports["data"], **node.config)
         elif node.role == "mt":
             data.update(listen_host=node.address, data_port=node.ports["data"],
-                        control_port=node.ports["control"])
+                        control_port=node.ports["control"], datastore_dir=str(self.datastore(node.site)))
         else:
             data["socket_path"] = str(self.agent_socket(node))
             data["disks"] = [{"name": d.name, "path": str(self.disk_path(node, d.name)),
@@ -112,11 +146,16 @@ class Lab:
         return data
 
     def write_configs(self) -> None:
-        for node in self.topology.nodes:
-            path = self.config_path(node)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.node_dir(node).mkdir(parents=True, exist_ok=True)
-            path.write_text(dump_toml(self.config_for(node)))
+        for node in self.nodes:
+            self.write_config(node)
+
+    def write_config(self, node: Node) -> None:
+        path = self.config_path(node)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.node_dir(node).mkdir(parents=True, exist_ok=True)
+        for disk in node.disks:
+            self.disk_path(node, disk.name).parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dump_toml(self.config_for(node)))
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -157,9 +196,22 @@ class Lab:
         self.write_configs()
         self.start_node(self.topology.cs)
         await self.wait_cs(timeout_s)
-        for node in self.topology.nodes[1:]:
+        for node in self.nodes[1:]:
             self.start_node(node)
         await self.wait_healthy(timeout_s)
+        await self.assign_sites()
+
+    async def assign_sites(self, nodes: tuple[Node, ...] | None = None) -> None:
+        """Put every registered component of ``nodes`` (default: all) in its site on the CS, so
+        that protection picks a PS in the machine's site and an MT in the other (cs/disks.py)."""
+        wanted = nodes if nodes is not None else self.nodes[1:]
+        async with self.admin() as admin:
+            comps = {(c["role"], c["host_id"]): c["component_id"] for c in await admin.components()}
+            for site in sorted({n.site for n in wanted}):
+                members = [comps[(n.role, n.name)] for n in wanted if n.site == site and (n.role, n.name) in comps]
+                await admin.ensure_site(site, SITE_KINDS[site])
+                if members:
+                    await admin.site_members(site, members)
 
     async def wait_cs(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -174,17 +226,17 @@ class Lab:
                         raise
                     await asyncio.sleep(0.2)
 
-    async def wait_healthy(self, timeout_s: float) -> None:
-        """Until every daemon has registered and heartbeated."""
+    async def wait_healthy(self, timeout_s: float, nodes: tuple[Node, ...] | None = None) -> None:
+        """Until every daemon (of ``nodes``, default: all) has registered and heartbeated."""
         deadline = time.monotonic() + timeout_s
-        expected = {(n.role, n.name) for n in self.topology.nodes[1:]}
+        expected = {(n.role, n.name) for n in (nodes or self.nodes[1:])}
         async with self.admin() as admin:
             while True:
                 items = await admin.components()
                 seen = {(c["role"], c["host_id"]) for c in items if c.get("last_heartbeat")}
                 if expected <= seen:
                     return
-                for node in self.topology.nodes:
+                for node in nodes or self.nodes:
                     self._check_alive(node)
                 if time.monotonic() > deadline:
                     missing = ", ".join(sorted(f"{r}:{n}" for r, n in expected - seen))
@@ -200,7 +252,7 @@ class Lab:
     def down(self, timeout_s: float = 15.0) -> list[str]:
         """SIGTERM every daemon (agents first, CS last), then SIGKILL what is left."""
         pids = self.read_pids()
-        order = [n.name for n in reversed(self.topology.nodes)]
+        order = [n.name for n in reversed(self.nodes)]
         running = [(name, pids[name]) for name in order if name in pids and alive(pids[name])]
         for _name, pid in running:
             os.kill(pid, signal.SIGTERM)
@@ -215,7 +267,7 @@ class Lab:
         pids = self.read_pids()
         return [{"name": n.name, "role": n.role, "address": n.address, "ports": n.ports,
                  "pid": pids.get(n.name), "running": bool(pids.get(n.name) and alive(pids[n.name]))}
-                for n in self.topology.nodes]
+                for n in self.nodes]
 
     def admin(self) -> Any:
         from cs.client import CSAdminClient
@@ -261,3 +313,9 @@ def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
         if left:
             time.sleep(0.05)
     return left
+
+
+def _node_json(node: Node) -> dict[str, Any]:
+    return {"name": node.name, "role": node.role, "address": node.address, "ports": node.ports,
+            "disks": [{"name": d.name, "size_bytes": d.size_bytes} for d in node.disks],
+            "config": node.config, "site": node.site}

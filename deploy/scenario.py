@@ -49,10 +49,10 @@ class MachineCheck:
 class Scenario:
     """One machine of a lab, its first disk, its workload log and its failovers."""
 
-    def __init__(self, lab: Lab, seed: int) -> None:
+    def __init__(self, lab: Lab, seed: int, machine: Node | None = None) -> None:
         self.lab = lab
         self.seed = seed
-        self.machine: Node = lab.topology.machines[0]
+        self.machine: Node = machine if machine is not None else lab.topology.machines[0]
         self.disk: DiskSpec = self.machine.disks[0]
         self.machine_id = ""
         self.disk_id = ""
@@ -91,13 +91,17 @@ class Scenario:
             raise errors.DrlabError(f"workload failed ({proc.returncode}): {err[-2000:]}")
         return dict(json.loads(out.strip().splitlines()[-1]))
 
-    async def protect(self, admin: Any, timeout_s: float = 180.0, progress: bool = False) -> float:
-        """Enable protection and wait for the end of initial replication of every disk of the
-        machine; returns its seconds."""
+    async def find(self, admin: Any) -> str:
+        """The machine's component id (its agent's)."""
         comps = await admin.components()
         self.machine_id = next(c["component_id"] for c in comps
                                if c["role"] == "agent" and c["host_id"] == self.machine.name)
-        await admin.protect(self.machine_id)
+        return self.machine_id
+
+    async def protect(self, admin: Any, timeout_s: float = 180.0, progress: bool = False, **targets: Any) -> float:
+        """Enable protection (``targets``: ps_id, mt_id, seed — cs/targets.py) and wait for the end
+        of initial replication of every disk of the machine; returns its seconds."""
+        await admin.protect(await self.find(admin), **targets)
         self.disk_ids = {d["name"]: d["disk_id"] for d in await admin.disks() if d["machine_id"] == self.machine_id}
         self.disk_id = self.disk_ids[self.disk.name]
         started = time.monotonic()

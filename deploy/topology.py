@@ -29,10 +29,14 @@ class Node:
     ports: dict[str, int] = field(default_factory=dict)
     disks: tuple[DiskSpec, ...] = ()
     config: dict[str, Any] = field(default_factory=dict)  # extra keys of the daemon's config file
+    site: str = "onprem"  # onprem | cloud (the lab puts every component in its site on the CS)
 
 
 @dataclass(frozen=True)
 class Topology:
+    """The daemons of both sites. ``mts`` lists the cloud's MTs first (replication to the cloud),
+    then the on-prem ones (reprotect, failback); ``pss`` the on-prem PSs first, then the cloud's."""
+
     cs: Node
     mts: tuple[Node, ...]
     pss: tuple[Node, ...]
@@ -41,6 +45,15 @@ class Topology:
     @property
     def nodes(self) -> tuple[Node, ...]:
         return (self.cs, *self.mts, *self.pss, *self.machines)
+
+    def in_site(self, site: str, role: str | None = None) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.site == site and (role is None or n.role == role))
+
+    def node(self, name: str) -> Node:
+        found = [n for n in self.nodes if n.name == name]
+        if not found:
+            raise ConfigError(f"the topology has no node {name!r}")
+        return found[0]
 
     @property
     def cs_url(self) -> str:
@@ -83,18 +96,29 @@ def load(path: Path = DEFAULT_TOPOLOGY) -> Topology:
     cloud, onprem = raw.get("cloud", {}), raw.get("onprem", {})
     try:
         cs_raw = cloud["cs"]
-        cs = Node("cs", "cs", cs_raw["address"], {"api": _cs_port(int(cs_raw.get("port", 443)))})
-        mts = tuple(Node(m["name"], "mt", m["address"], {"data": int(m.get("data_port", 9443)),
-                                                           "control": int(m.get("control_port", 9080))})
-                    for m in cloud.get("mt", []))
-        pss = tuple(Node(p["name"], "ps", p["address"], {"data": int(p.get("data_port", 9443))},
-                         config=_ps_config(p))
-                    for p in onprem.get("ps", []))
+        cs = Node("cs", "cs", cs_raw["address"], {"api": _cs_port(int(cs_raw.get("port", 443)))}, site="cloud")
+        mts = _mts(cloud, "cloud") + _mts(onprem, "onprem")
+        pss = _pss(onprem, "onprem") + _pss(cloud, "cloud")
         machines = tuple(Node(m["name"], "agent", str(m.get("address", "127.0.0.1")), _nbd_ports(m),
                               tuple(DiskSpec(d["name"], int(d["size_mib"]) * MiB) for d in m.get("disks", [])))
                          for m in onprem.get("machines", []))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"topology {path} is incomplete: {exc!r}") from exc
-    if not mts or not pss:
-        raise ConfigError(f"topology {path} needs at least one MT and one PS")
+    if not any(m.site == "cloud" for m in mts) or not any(p.site == "onprem" for p in pss):
+        raise ConfigError(f"topology {path} needs at least one MT in the cloud and one PS on-premises")
+    names = [n.name for n in (cs, *mts, *pss, *machines)]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"topology {path}: node names must be unique")
     return Topology(cs, mts, pss, machines)
+
+
+def _mts(section: dict[str, Any], site: str) -> tuple[Node, ...]:
+    return tuple(Node(m["name"], "mt", m["address"], {"data": int(m.get("data_port", 9443)),
+                                                      "control": int(m.get("control_port", 9080))}, site=site)
+                 for m in section.get("mt", []))
+
+
+def _pss(section: dict[str, Any], site: str) -> tuple[Node, ...]:
+    return tuple(Node(p["name"], "ps", p["address"], {"data": int(p.get("data_port", 9443))},
+                      config=_ps_config(p), site=site)
+                 for p in section.get("ps", []))

@@ -19,6 +19,7 @@ from common import errors
 from common import logging as dlog
 from common.wire import batch as wbatch
 from common.wire import journal as wj
+from mt import seed
 from mt.catalog import Catalog, Point, point_accuracy
 from mt.journal import CommittedBatch, Extent, Journal, crash_point
 from mt.replica import Replica
@@ -79,7 +80,7 @@ class DiskStore:
         self.catalog = catalog
         self.lock = threading.RLock()
         self.closed = False
-        self.replica = Replica(data_dir / "replicas" / f"{disk_id}.img", size_bytes)
+        self.replica = Replica(seed.replica_file(data_dir, disk_id), size_bytes)  # its own, or an adopted disk
         self.journal = Journal(data_dir / "journal" / disk_id, bytes.fromhex(disk_id), segment_max_bytes)
         self.staging = DiskStaging(data_dir / "staging" / disk_id)
         self.applied: Key = (0, 0)
@@ -117,11 +118,12 @@ class DiskStore:
     def _reconcile(self, committed: list[CommittedBatch]) -> None:
         rows = {p.key: p for p in self.catalog.all(self.disk_id)}
         journal_keys = {(c.info.gen, c.info.seq) for c in committed}
-        extra = [k for k in rows if k not in journal_keys]
+        boundary = self._boundary(rows)
+        extra = [k for k in rows if k not in journal_keys and k != boundary]
         if extra:
             self.log.warning("catalog_rows_without_commit", count=len(extra))
             self.catalog.delete(self.disk_id, extra)
-        in_resync = False
+        in_resync = rows[boundary].in_resync if boundary is not None else False
         for c in committed:
             key = (c.info.gen, c.info.seq)
             row = rows.get(key)
@@ -130,6 +132,13 @@ class DiskStore:
                 self.catalog.insert(row, self._staged_tags(key))  # tags: still in the staged batch
                 self.log.info("catalog_row_restored", gen=key[0], seq=key[1])
             in_resync = row.in_resync
+
+    def _boundary(self, rows: dict[Key, Point]) -> Key | None:
+        """The retention boundary (mt/journal.py rule 5) if its row is still there: a valid point
+        whose commit record was pruned with its segment."""
+        key = self.journal.boundary
+        row = rows.get(key) if key is not None else None
+        return key if row is not None and row.segno < self.journal.floor else None
 
     def _staged_tags(self, key: Key) -> list[bytes]:
         """The tags of a batch still staged (a crash after its commit record, before the catalog)."""

@@ -195,6 +195,17 @@ class Catalog:
         return self._query("WHERE disk_id = ? AND (gen > ? OR (gen = ? AND seq > ?)) ORDER BY gen DESC, seq DESC",
                            (disk_id, gen, gen, seq))
 
+    def segment_times(self, disk_id: str) -> dict[int, int]:
+        """{journal segment: t_last_ns of its newest point} (retention, mt/pruner.py)."""
+        with self._lock:
+            rows = self._db.execute("SELECT segno, MAX(t_last_ns) FROM points WHERE disk_id = ? GROUP BY segno",
+                                    (disk_id,)).fetchall()
+        return {int(segno): int(t) for segno, t in rows}
+
+    def in_segments_through(self, disk_id: str, segno: int) -> list[Point]:
+        """The points whose commit record is in segment ``segno`` or older, oldest first."""
+        return self._query("WHERE disk_id = ? AND segno <= ? ORDER BY gen, seq", (disk_id, segno))
+
     def _first(self, disk_id: str, where: str, args: tuple[int, ...]) -> Point | None:
         rows = self._query(f"WHERE disk_id = ? AND {where} LIMIT 1", (disk_id, *args))
         return rows[0] if rows else None
@@ -260,3 +271,21 @@ class Catalog:
                            f"({match})) ORDER BY gen DESC, seq DESC LIMIT 1",
                            (disk_id, int(Accuracy.NONE), *likes))
         return rows[0] if rows else None
+
+    # -- listings (recovery points as an operator chooses them; mt/failover.py probe) ------------
+
+    def oldest(self, disk_id: str) -> Point | None:
+        """The oldest point the disk keeps (the retention window's lower bound)."""
+        return self._first(disk_id, "1 = 1 ORDER BY gen, seq", ())
+
+    def tagged(self, disk_id: str, kinds: Iterable[str], limit: int) -> list[Point]:
+        """The newest ``limit`` valid points (accuracy not NONE) carrying a tag of one of ``kinds``,
+        newest first."""
+        likes = [f"{k}:*" for k in kinds if k.replace("-", "").isalnum()]  # GLOB: case-sensitive
+        if not likes:
+            return []
+        match = " OR ".join("t.tag GLOB ?" for _ in likes)
+        return self._query("WHERE disk_id = ? AND accuracy != ? AND EXISTS (SELECT 1 FROM point_tags t WHERE "
+                           "t.disk_id = points.disk_id AND t.gen = points.gen AND t.seq = points.seq AND "
+                           f"({match})) ORDER BY gen DESC, seq DESC LIMIT ?",
+                           (disk_id, int(Accuracy.NONE), *likes, limit))

@@ -30,9 +30,11 @@ from common import errors
 from common import logging as dlog
 from common.wire.batch import Accuracy
 from mt.apply import DiskStore
-from mt.catalog import APP_KINDS, GROUP_KINDS, Catalog, Point
+from mt.catalog import APP_KINDS, GROUP_KINDS, MAX_TAGS_LISTED, Catalog, Point
 from mt.journal import read_undo_range, roll_back
+from mt.received import received
 from mt.replica import fsync_dir, read_exact, write_all
+from mt.staging import DiskStaging
 
 log = dlog.get("drlab.mt.failover")
 
@@ -104,50 +106,80 @@ def at_wnum(catalog: Catalog, disk_id: str, wnum: int) -> Point:
     return valid
 
 
-def compact(point: Point | None) -> dict[str, Any] | None:
-    """A point as a probe reports it."""
+def compact(point: Point | None, tags: list[str] | None = None) -> dict[str, Any] | None:
+    """A point as a probe reports it (with its bookmark tags when given)."""
     if point is None:
         return None
-    return {"gen": point.gen, "seq": point.seq, "wnum_first": point.wnum_first, "wnum_hi": point.wnum_hi,
-            "t_first_ns": point.t_first_ns, "t_last_ns": point.t_last_ns, "accuracy": point.accuracy_name}
+    out: dict[str, Any] = {"gen": point.gen, "seq": point.seq, "wnum_first": point.wnum_first,
+                           "wnum_hi": point.wnum_hi, "t_first_ns": point.t_first_ns, "t_last_ns": point.t_last_ns,
+                           "accuracy": point.accuracy_name}
+    if tags is not None:
+        out["tags"] = tags[:MAX_TAGS_LISTED]
+    return out
+
+
+def _with_tags(catalog: Catalog, disk_id: str, points: list[Point]) -> list[dict[str, Any]]:
+    tags = catalog.tags_of(disk_id, [p.key for p in points])
+    return [c for p in points if (c := compact(p, tags.get(p.key, []))) is not None]
 
 
 MAX_PROBE_POINTS = 1000
+TAGGED_POINTS = 32  # per kind, in a ``named`` answer
 
 
 @dataclass(frozen=True)
 class Probe:
     """What a ``points`` job asks (each part optional): apply what is staged first (``drain``),
-    the newest ``recent`` points, the first point with a write after ``time_ns``, the newest point
-    below ``below``. The latest point is always answered."""
+    the newest ``recent`` points (with their tags), the first point with a write after ``time_ns``,
+    the newest point below ``below``, and the ``named`` choices (what is staged and the point it
+    leads to, the oldest point, the newest app-consistent and multi-machine points). The latest
+    point is always answered."""
 
     drain: bool = False
     recent: int | None = None
     time_ns: int | None = None
     below: int | None = None
+    named: bool = False
 
     @classmethod
     def parse(cls, spec: Any) -> Probe:
-        if not isinstance(spec, dict) or set(spec) - {"drain", "recent", "time_ns", "below"}:
+        if not isinstance(spec, dict) or set(spec) - {"drain", "recent", "time_ns", "below", "named"}:
             raise errors.BadRequest(f"bad probe {str(spec)[:200]}")
-        if not isinstance(spec.get("drain", False), bool):
-            raise errors.BadRequest("probe drain must be a boolean")
+        for flag in ("drain", "named"):
+            if not isinstance(spec.get(flag, False), bool):
+                raise errors.BadRequest(f"probe {flag} must be a boolean")
         for name, low, high in (("recent", 1, MAX_PROBE_POINTS), ("time_ns", 0, 2**63), ("below", 1, 2**64 - 1)):
             value = spec.get(name)
             if value is not None and (not _uint(value) or not low <= value <= high):
                 raise errors.BadRequest(f"probe {name} must be an integer in [{low}, {high}]")
-        return cls(bool(spec.get("drain", False)), spec.get("recent"), spec.get("time_ns"), spec.get("below"))
+        return cls(bool(spec.get("drain", False)), spec.get("recent"), spec.get("time_ns"), spec.get("below"),
+                   bool(spec.get("named", False)))
 
 
-def probe(catalog: Catalog, disk_id: str, q: Probe) -> dict[str, Any]:
-    """The answer to a probe (PROTOCOL.md): ``latest`` and what was asked, as compact points."""
-    out: dict[str, Any] = {"disk_id": disk_id, "latest": compact(catalog.latest(disk_id))}
+def probe(catalog: Catalog, disk_id: str, q: Probe, staging: DiskStaging | None = None) -> dict[str, Any]:
+    """The answer to a probe (PROTOCOL.md): ``latest`` and what was asked, as compact points.
+
+    ``named`` adds ``staged`` / ``received`` (mt/received.py; nothing staged without ``staging``),
+    ``oldest``, and ``app`` / ``multi``: the newest valid points with an app-consistent /
+    multi-machine tag, newest first, with their tags. ``received`` is never older than ``latest``:
+    both come from one reading of the latest point."""
+    latest = catalog.latest(disk_id)
+    out: dict[str, Any] = {"disk_id": disk_id, "latest": compact(latest)}
     if q.recent is not None:
-        out["points"] = [compact(p) for p in reversed(catalog.recent(disk_id, q.recent))]
+        out["points"] = _with_tags(catalog, disk_id, list(reversed(catalog.recent(disk_id, q.recent))))
     if q.time_ns is not None:
         out["after"] = compact(catalog.first_write_after(disk_id, q.time_ns))
     if q.below is not None:
         out["below"] = compact(catalog.newest_below_wnum(disk_id, q.below))
+    if q.named:
+        if staging is not None:
+            out.update(received(staging, latest, out["latest"]))
+        else:
+            out.update(staged={"batches": 0, "bytes": 0, "pending": 0},
+                       received=None if latest is None else {**out["latest"], "staged": False})
+        out["oldest"] = compact(catalog.oldest(disk_id))
+        out["app"] = _with_tags(catalog, disk_id, catalog.tagged(disk_id, APP_KINDS, TAGGED_POINTS))
+        out["multi"] = _with_tags(catalog, disk_id, catalog.tagged(disk_id, GROUP_KINDS, TAGGED_POINTS))
     return out
 
 

@@ -150,7 +150,8 @@ class JobRunner:
             query = Probe.parse(job.point)
             if query.drain:
                 await worker.drain()
-            return await loop.run_in_executor(self._executor, probe, store.catalog, store.disk_id, query)
+            return await loop.run_in_executor(self._executor, probe, store.catalog, store.disk_id, query,
+                                              store.staging)
         await self._reattach(job.disk_id)
         async with self._view_locks.setdefault(job.disk_id, asyncio.Lock()):
             if job.kind in VIEW_KINDS:

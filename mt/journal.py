@@ -6,12 +6,13 @@ makes the process ``os._exit(137)`` the n-th time (default 1st) it reaches point
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import errors
+from common import errors, tls
 from common import logging as dlog
 from common.wire import journal as wj
 from mt.replica import Replica, fsync_dir, write_all
@@ -53,6 +54,9 @@ def segment_name(segno: int) -> str:
     return f"{segno:08d}.seg"
 
 
+FLOOR = "floor.json"  # retention (mt/retention.py): segments below "floor" are pruned
+
+
 class Journal:
     """Append-only undo journal of one disk. The rules:
 
@@ -68,6 +72,10 @@ class Journal:
        Rolling back is idempotent (every undo record holds pre-batch bytes), so a crash during
        recovery is recovered the same way. Truncating without rolling back would corrupt every
        older recovery point.
+    5. Pruning (mt/retention.py) first records the new floor durably (``floor.json``: segments
+       below it are gone, and the key of the newest pruned point, the *boundary*, which stays a
+       valid point without its commit record), then the catalog drops the pruned points, then the
+       segments are unlinked. Open removes segments below the floor (a crash's leftovers) first.
     """
 
     def __init__(self, directory: Path, disk_id: bytes, segment_max_bytes: int) -> None:
@@ -78,6 +86,8 @@ class Journal:
         self.pos = 0
         self._fd = -1
         self.pins: dict[str, int] = {}  # owner (e.g. a failover view) -> oldest segment it needs
+        self.floor = 0  # segments below it are pruned (rule 5)
+        self.boundary: tuple[int, int] | None = None  # the newest pruned point (still valid)
         self.log = log.bind(disk=disk_id.hex())
 
     def __repr__(self) -> str:
@@ -98,9 +108,11 @@ class Journal:
     def open(self, replica: Replica) -> list[CommittedBatch]:
         """Recover (rule 4) and return every committed batch, oldest first."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._load_floor()
+        self.remove_pruned()
         segnos = self.segments()
         if not segnos:
-            self._create(1)
+            self._create(max(1, self.floor))
             return []
         committed: list[CommittedBatch] = []
         for segno in segnos[:-1]:
@@ -185,6 +197,44 @@ class Journal:
         self._fd = os.open(self.path(segno), os.O_WRONLY)
         self.segno, self.pos = segno, pos
 
+    # -- retention (rule 5) ----------------------------------------------------------------------
+
+    def _load_floor(self) -> None:
+        path = self.directory / FLOOR
+        if not path.exists():
+            return
+        doc = json.loads(path.read_text())
+        self.floor = int(doc["floor"])
+        key = doc.get("boundary")
+        self.boundary = (int(key[0]), int(key[1])) if key else None
+
+    def mark_pruned(self, floor: int, boundary: tuple[int, int] | None) -> None:
+        """Durably record that segments below ``floor`` are pruned, ``boundary`` the newest point
+        in them (the caller deletes the catalog rows next, then calls :meth:`remove_pruned`)."""
+        if floor > self.segno:
+            raise ValueError(f"segment {self.segno} is being appended: cannot prune below {floor}")
+        doc = {"floor": floor, "boundary": list(boundary) if boundary else None}
+        tls.durable_write(self.directory / FLOOR, json.dumps(doc).encode(), 0o600)
+        self.floor, self.boundary = floor, boundary
+
+    def remove_pruned(self) -> int:
+        """Unlink the segments below the floor (oldest first); returns how many."""
+        gone = [s for s in self.segments() if s < self.floor]
+        for segno in gone:
+            self.path(segno).unlink()
+        if gone:
+            fsync_dir(self.directory)
+            self.log.info("journal_pruned", floor=self.floor, segments=len(gone))
+        return len(gone)
+
+    def size_of(self, segno: int) -> int:
+        if segno == self.segno:
+            return self.pos
+        try:
+            return os.path.getsize(self.path(segno))
+        except FileNotFoundError:
+            return 0
+
     # -- pins ----------------------------------------------------------------------------------
 
     def pin(self, owner: str, segno: int) -> None:
@@ -209,7 +259,11 @@ class Journal:
     def truncate_after(self, segno: int, keep: int) -> None:
         """Forget every record after ``keep`` in segment ``segno``: later segments are removed
         (newest first) and appending continues there. The caller has made the replica the state
-        at that point first: dropping undo records of batches still in the replica corrupts it."""
+        at that point first: dropping undo records of batches still in the replica corrupts it.
+        A pruned ``segno`` (the point is the retention boundary): nothing after it is kept."""
+        if segno < self.floor:
+            self.reset()
+            return
         for later in reversed([s for s in self.segments() if s > segno]):
             self.path(later).unlink()
         fsync_dir(self.directory)
@@ -221,7 +275,7 @@ class Journal:
         """Forget every record: a fresh segment (numbering continues), then the older ones go,
         newest first (what a crash leaves is still a prefix of the journal)."""
         old = self.segments()
-        self._create(max(old, default=0) + 1)
+        self._create(max(max(old, default=0) + 1, self.floor))
         for segno in reversed(old):
             self.path(segno).unlink()
         fsync_dir(self.directory)

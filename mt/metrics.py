@@ -29,7 +29,9 @@ def disk_metrics(worker: DiskWorker, settings_gen: int) -> dict[str, Any]:
             "rpo_p50_ms": round(percentile(lags_ms, 50), 3), "rpo_p99_ms": round(percentile(lags_ms, 99), 3),
             "apply_failures": worker.failures,
             # the source time up to which the replica holds every write (RPO = now - this; cs/health)
-            "latest_point_ns": latest.t_last_ns if latest is not None else 0}
+            "latest_point_ns": latest.t_last_ns if latest is not None else 0,
+            # retention (mt/pruner.py): paused / low_space raise retention_low_space (cs/health)
+            "retention": worker.retention_metrics()}
 
 
 def collect(workers: dict[str, DiskWorker], registry: Registry) -> dict[str, Any]:

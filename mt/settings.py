@@ -13,6 +13,15 @@ from common import logging as dlog
 log = dlog.get("drlab.mt.settings")
 
 
+def _action(value: Any) -> str:
+    """A disk's low-space action (mt/retention.py): absent or unknown (a newer CS) is "prune" —
+    replication of the disk goes on."""
+    if value in (None, "prune", "pause"):
+        return str(value or "prune")
+    log.warning("settings_low_space_action_unknown", value=str(value)[:32])
+    return "prune"
+
+
 @dataclass(frozen=True)
 class DiskSettings:
     disk_id: str
@@ -23,6 +32,10 @@ class DiskSettings:
     key: bytes = field(repr=False)
     # PSs the disk moved away from that still upload what they cached (a PS switch's drain)
     drain_ps_ids: tuple[str, ...] = ()
+    # retention (mt/retention.py) from the machine's policy: 0 keeps every point while space lasts
+    retention_window_s: int = 0
+    low_space_action: str = "prune"
+    replica_path: str | None = None  # an existing disk to adopt as the replica (a seed, mt/seed.py)
 
     def sent_by(self, ps_id: str) -> bool:
         """Whether ``ps_id`` may send this disk's batches: its PS, or one still draining it."""
@@ -37,7 +50,10 @@ class DiskSettings:
             return cls(disk_id=disk_id, ps_id=str(item.get("ps_id") or ""), generation=int(item["generation"]),
                        size_bytes=int(item["size_bytes"]), key_epoch=int(item["key_epoch"]),
                        key=base64.b64decode(str(item["key_b64"]), validate=True),
-                       drain_ps_ids=tuple(str(p) for p in item.get("drain_ps_ids") or ()))
+                       drain_ps_ids=tuple(str(p) for p in item.get("drain_ps_ids") or ()),
+                       replica_path=str(item["replica_path"]) if item.get("replica_path") else None,
+                       retention_window_s=max(0, int(item.get("retention_window_s") or 0)),
+                       low_space_action=_action(item.get("low_space_action")))
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise errors.BadRequest(f"bad disk entry in settings: {type(exc).__name__}") from exc
 

@@ -238,13 +238,18 @@ class DiskView:
         return undo_records(self.store.journal.path(p.segno), p.undo_off, p.commit_off)
 
     def _attach(self) -> None:
-        """Pin the journal, index the batches after the point (scanned outside the store's lock,
+        """Pin the journal (under the store's lock: no prune between the choice of the point and the
+        pin), index the batches after the point (scanned outside the store's lock,
         so applying goes on), then under the lock index the few applied meanwhile and register for
         the next ones, so no batch falls between."""
+        with self.store.lock:  # retention prunes under this lock: the point and its segments stay once pinned
+            if self.store.catalog.get(self.store.disk_id, self.point.gen, self.point.seq) is None:
+                raise errors.NotFound(f"point ({self.point.gen}, {self.point.seq}) of disk {self.store.disk_id} "
+                                      "left the retention window")
+            newer = self._newer()
+            self.store.journal.pin(self.owner, min((p.segno for p in newer), default=self.store.journal.segno))
         self._overlay_fd = os.open(self.directory / "overlay.img", os.O_RDWR)
         self._log_fd = os.open(self.directory / "overlay.log", os.O_WRONLY | os.O_APPEND)
-        newer = self._newer()
-        self.store.journal.pin(self.owner, min((p.segno for p in newer), default=self.store.journal.segno))
         scanned = [(p.segno, self._scan(p)) for p in newer]
         with self.store.lock:
             seen = {p.key for p in newer}
@@ -438,4 +443,5 @@ def commit(view: DiskView) -> dict[str, Any]:
     view.log.info("failover_view_committed", gen=point.gen, seq=point.seq, dropped_points=len(dropped),
                   overlay_extents=len(overlay))
     return {"disk_id": store.disk_id, "point": {"gen": point.gen, "seq": point.seq},
-            "dropped_points": len(dropped), "kept_points": not overlay}
+            "dropped_points": len(dropped), "kept_points": not overlay,
+            "replica_path": str(store.replica.path.resolve())}  # the disk a failed-over machine boots from

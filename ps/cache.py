@@ -31,6 +31,7 @@ import bisect
 import errno
 import os
 import secrets
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -318,6 +319,14 @@ class BatchCache:
             return
         await self._run(self.path(disk_id, gen, seq).unlink, True)
         self.refresh_throttle()
+
+    async def purge(self, disk_id: str) -> int:
+        """Forget every cached batch of a disk this PS no longer serves and delete its files;
+        returns how many batches there were."""
+        index = self._disks.pop(disk_id, None)
+        await self._run(shutil.rmtree, self.root / disk_id, True)
+        self.refresh_throttle()
+        return len(index.entries) if index is not None else 0
 
     async def _run(self, fn: Callable[..., object], *args: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

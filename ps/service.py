@@ -106,6 +106,20 @@ class PSService:
             log.info("settings_applied", disks=len(self.registry.disks), changed=sorted(changed))
         if self.uploaders is not None:
             await self.uploaders.sync()
+        await self._purge_unlisted(document)
+
+    async def _purge_unlisted(self, document: dict[str, Any]) -> None:
+        """A disk the document no longer lists (protection disabled, the disk excluded, moved to
+        another PS and drained): its pipeline is stopped (``sync``), its cached batches deleted.
+        A listed entry this PS could not parse keeps its cache."""
+        if self.cache is None:
+            return
+        listed = {str(item.get("disk_id")) for item in document.get("disks", []) or [] if isinstance(item, dict)}
+        for disk_id in self.cache.disks():
+            if disk_id not in listed and disk_id not in self.registry.disks:
+                dropped = await self.cache.purge(disk_id)
+                self.registry.progress.pop(disk_id, None)
+                log.info("disk_cache_purged", disk=disk_id, batches=dropped)
 
     async def wait_settings(self, timeout_s: float = 10.0) -> None:
         """Wait for the first settings document (tests and the lab use it)."""

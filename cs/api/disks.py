@@ -7,8 +7,10 @@ from aiohttp import web
 from sqlalchemy import select
 
 from common import errors, http
-from cs import components, disks, jobs, protection, validate, verify
+from cs import components, disks, jobs, machines, targets, validate, verify
+from cs.api import machines as api_machines
 from cs.api import paging, spec
+from cs.api import release as api_release
 from cs.db.models import Disk, Resync
 from cs.state import state_of
 
@@ -114,16 +116,19 @@ async def post_verify_result(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-@spec.route(roles=spec.ADMIN, request=spec.obj({"policy": spec.STR}, required=(), extra=False),
+@spec.route(roles=spec.ADMIN, request=spec.obj({"policy": spec.STR, "ps_id": spec.HEX_ID, "mt_id": spec.HEX_ID,
+                                                "seed": spec.ANY_OBJ}, required=(), extra=False),
             response=spec.obj({"disks": spec.array(spec.ANY_OBJ)}), tags=("disks",))
 async def post_protect(request: web.Request) -> web.Response:
     """Enable protection of every disk of a machine: assign a PS and an MT, start initial replication.
 
-    The body may name the replication policy (``{"policy": name}``); without it, the default one."""
+    The body may name the replication policy (``{"policy": name}``, else the default one), the PS
+    and MT (``ps_id``, ``mt_id``, else the CS picks by site and load) and seeds (``{"seed": {disk
+    name: path}}``: existing disks the MT adopts as replicas, compared by checksum; cs/targets.py)."""
     http.require_role(request, "admin")
     machine_id = validate.hex_id(request.match_info["machine_id"], "machine_id")
-    policy = protection.parse_protect(await http.read_json(request, max_bytes=4096))
-    return web.json_response({"disks": await disks.protect(state_of(request), machine_id, policy)})
+    req = targets.parse(await http.read_json(request, max_bytes=65536))
+    return web.json_response({"disks": await disks.protect(state_of(request), machine_id, request=req)})
 
 
 @spec.route(roles=spec.ADMIN, request=spec.obj({"point": {"type": ["string", "object"]}}, required=()),
@@ -134,6 +139,20 @@ async def post_failover(request: web.Request) -> web.Response:
     disk_id = validate.hex_id(request.match_info["disk_id"], "disk_id")
     point = jobs.parse_point(await http.read_json(request))
     return web.json_response({"job_id": await jobs.failover(state_of(request), disk_id, point)}, status=202)
+
+
+@spec.route(roles=spec.ADMIN, tags=("disks",),
+            query={"limit": {"type": "integer", "minimum": 1, "maximum": machines.MAX_LIST, "default": 100}},
+            response=spec.obj({"disk_id": spec.HEX_ID, "name": spec.STR, "machine_id": spec.HEX_ID,
+                               "named": spec.ANY_OBJ, "items": spec.array(spec.ANY_OBJ)}))
+async def get_points(request: web.Request) -> web.Response:
+    """The disk's newest ``limit`` recovery points, oldest first, and its named choices.
+
+    Not a paged list: the points are asked of the disk's MT at each call (a probe job)."""
+    http.require_role(request, "admin")
+    disk_id = validate.hex_id(request.match_info["disk_id"], "disk_id")
+    limit = api_machines.list_limit(request)
+    return web.json_response(await machines.disk_points(state_of(request), disk_id, limit))
 
 
 def add_routes(app: web.Application) -> None:
@@ -148,3 +167,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/disks/{disk_id}/verify/{verify_id}", post_verify_result)
     app.router.add_post("/v1/machines/{machine_id}/protect", post_protect)
     app.router.add_post("/v1/disks/{disk_id}/failover", post_failover)
+    api_release.add_routes(app)  # disable protection, exclude a disk
+    app.router.add_get("/v1/disks/{disk_id}/points", get_points)

@@ -7,7 +7,7 @@ import re
 from aiohttp import web
 
 from common import errors, http
-from cs import components, jobs, validate
+from cs import components, jobs, plan_jobs, validate
 from cs.api import spec
 from cs.state import state_of
 
@@ -69,7 +69,20 @@ async def post_result(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+@spec.route(roles=spec.ADMIN, request=spec.obj({}, required=()),
+            response=spec.obj({"job_id": spec.HEX_ID, "resumed": spec.STR}), tags=("jobs",))
+async def post_resume(request: web.Request) -> web.Response:
+    """Resume a recovery plan job paused at a manual step (its step ``waiting: INSTRUCTION``);
+    409 unless the job is waiting for one."""
+    http.require_role(request, "admin")
+    job_id = validate.hex_id(request.match_info["job_id"], "job_id")
+    if await http.read_json(request):
+        raise errors.BadRequest("resume takes no parameters")
+    return web.json_response(await plan_jobs.resume(state_of(request), job_id))
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/jobs", list_jobs)
     app.router.add_get("/v1/jobs/{job_id}", get_job)
     app.router.add_post("/v1/jobs/{job_id}/result", post_result)
+    app.router.add_post("/v1/jobs/{job_id}/resume", post_resume)

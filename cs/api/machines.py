@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import errors, http
-from cs import machines, validate
+from cs import components, machine_ops, machines, planned, validate
 from cs.api import spec
 from cs.state import state_of
 
@@ -16,32 +16,121 @@ LIST_QUERY = ("limit",)
 @spec.route(roles=spec.ADMIN, tags=("machines",),
             query={"limit": {"type": "integer", "minimum": 1, "maximum": machines.MAX_LIST, "default": 100}},
             response=spec.obj({"machine_id": spec.HEX_ID, "latest_wnum": spec.nullable(spec.INT),
-                               "disks": spec.array(spec.ANY_OBJ), "items": spec.array(spec.ANY_OBJ)}))
+                               "named": spec.ANY_OBJ, "disks": spec.array(spec.ANY_OBJ),
+                               "items": spec.array(spec.ANY_OBJ)}))
 async def get_points(request: web.Request) -> web.Response:
     """The machine's newest ``limit`` consistent points (every protected disk at one W), oldest first.
 
-    Not a paged list: the points are asked of the MTs at each call (a probe job per disk)."""
+    Not a paged list: the points are asked of the MTs at each call (a probe job per disk). ``named``:
+    what latest, latest-processed, latest-app-consistent, latest-multi-machine and the retention
+    window give (cs/pointnames.py)."""
     http.require_role(request, "admin")
     machine_id = validate.hex_id(request.match_info["machine_id"], "machine_id")
+    return web.json_response(await machines.points(state_of(request), machine_id, list_limit(request)))
+
+
+def list_limit(request: web.Request) -> int:
+    """The ``limit`` of a points listing (the only query parameter; 400 otherwise)."""
     unknown = sorted(set(request.query) - set(LIST_QUERY))
     if unknown:
         raise errors.BadRequest(f"unknown query parameter {unknown[0][:64]!r}; known: {', '.join(LIST_QUERY)}")
     text = request.query.get("limit", "100")
     if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= machines.MAX_LIST:
         raise errors.BadRequest(f"limit must be an integer in [1, {machines.MAX_LIST}]")
-    return web.json_response(await machines.points(state_of(request), machine_id, int(text)))
+    return int(text)
 
 
-@spec.route(roles=spec.ADMIN, request=spec.obj({"point": {"type": ["string", "object"]}}, required=()),
-            response=spec.obj({"job_id": spec.HEX_ID}), status=202, tags=("machines",))
+POINT = {"type": ["string", "object"]}
+JOB = spec.obj({"job_id": spec.HEX_ID})
+
+
+@spec.route(roles=spec.ADMIN, request=spec.obj({"point": POINT, "mode": {"enum": list(machine_ops.ROUTE_MODES)}},
+                                               required=()),
+            response=JOB, status=202, tags=("machines",))
 async def post_failover(request: web.Request) -> web.Response:
-    """Fail every protected disk of the machine over to one machine-consistent point (a job)."""
+    """Fail every protected disk of the machine over to one machine-consistent point (a job).
+
+    ``mode``: ``unplanned`` (the disks go failover-in-progress, then failed-over; commit or change
+    the point later) or ``test`` (as POST .../test-failover); without a mode, a failover view only
+    (no state change, not an operation: the earlier behaviour)."""
     http.require_role(request, "admin")
     machine_id = validate.hex_id(request.match_info["machine_id"], "machine_id")
-    point = machines.parse_point(await http.read_json(request))
-    return web.json_response({"job_id": await machines.failover(state_of(request), machine_id, point)}, status=202)
+    body = await http.read_json(request)
+    mode = machine_ops.parse_mode(body, None)
+    point = machines.parse_point({k: v for k, v in body.items() if k != "mode"})
+    if mode is None:
+        return web.json_response({"job_id": await machines.failover(state_of(request), machine_id, point)},
+                                 status=202)
+    op = "test-failover" if mode == "test" else "failover"
+    return web.json_response({"job_id": await machine_ops.submit(state_of(request), op, machine_id, point)},
+                             status=202)
+
+
+async def _operation(request: web.Request, op: str, *, takes_point: bool) -> web.Response:
+    http.require_role(request, "admin")
+    machine_id = validate.hex_id(request.match_info["machine_id"], "machine_id")
+    body = await http.read_json(request)
+    if takes_point:
+        point = machines.parse_point(body)
+    elif body:
+        raise errors.BadRequest(f"{op} takes no parameters")
+    else:
+        point = "latest"
+    return web.json_response({"job_id": await machine_ops.submit(state_of(request), op, machine_id, point)},
+                             status=202)
+
+
+@spec.route(roles=spec.ADMIN, request=spec.obj({"point": POINT}, required=()), response=JOB, status=202,
+            tags=("machines",))
+async def post_test_failover(request: web.Request) -> web.Response:
+    """Test failover (a job): every disk's view at one machine point; the disks stay protected and
+    replication keeps running. The result lists each disk's view id and image path."""
+    return await _operation(request, "test-failover", takes_point=True)
+
+
+@spec.route(roles=spec.ADMIN, request=spec.obj({}, required=()), response=JOB, status=202, tags=("machines",))
+async def post_cleanup(request: web.Request) -> web.Response:
+    """Clean up the machine's test failover (a job): its views are dropped. 409 without one."""
+    return await _operation(request, "cleanup", takes_point=False)
+
+
+@spec.route(roles=spec.ADMIN, request=spec.obj({"point": POINT}, required=()), response=JOB, status=202,
+            tags=("machines",))
+async def post_change_point(request: web.Request) -> web.Response:
+    """Move the machine's failover (test or unplanned, before commit) to another machine point (a job)."""
+    return await _operation(request, "change-point", takes_point=True)
+
+
+@spec.route(roles=spec.ADMIN, request=spec.obj({}, required=()), response=JOB, status=202, tags=("machines",))
+async def post_commit(request: web.Request) -> web.Response:
+    """Commit the machine's unplanned failover (a job): each view is written into its replica; the
+    disks are then committed and leave their MT's and PS's settings. 409 unless failed over."""
+    return await _operation(request, "commit", takes_point=False)
+
+
+@spec.route(roles=spec.ADMIN, request=spec.obj({}, required=()), response=JOB, status=202, tags=("machines",))
+async def post_planned(request: web.Request) -> web.Response:
+    """Planned failover (a job, cs/planned.py): the source stops taking writes, everything it wrote
+    drains to the MTs, then every disk fails over to that final point — nothing is lost."""
+    return await _operation(request, "planned-failover", takes_point=False)
+
+
+@spec.route(roles=("agent",), request=spec.obj({"job_id": spec.HEX_ID, "wnum": spec.INT, "error": spec.STR},
+                                               required=("job_id",)), response=spec.OK, tags=("machines",))
+async def post_shutdown(request: web.Request) -> web.Response:
+    """The agent stopped for a planned failover: its final write number (or why it could not)."""
+    machine = await components.caller(request, "agent")
+    outcome = planned.parse_report(await http.read_json(request, max_bytes=8192))
+    await planned.report(state_of(request), machine.component_id, outcome)
+    return web.json_response({"ok": True})
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/machines/{machine_id}/points", get_points)
+    app.router.add_post("/v1/machines/self/shutdown", post_shutdown)
+    app.router.add_post("/v1/machines/{machine_id}/planned-failover", post_planned)
     app.router.add_post("/v1/machines/{machine_id}/failover", post_failover)
+    app.router.add_post("/v1/machines/{machine_id}/test-failover", post_test_failover)
+    app.router.add_post("/v1/machines/{machine_id}/cleanup-test-failover", post_cleanup)
+    app.router.add_post("/v1/machines/{machine_id}/change-point", post_change_point)
+    app.router.add_post("/v1/machines/{machine_id}/commit", post_commit)

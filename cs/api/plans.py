@@ -1,4 +1,5 @@
-"""Recovery plans for the admin: ``/v1/plans`` (CRUD; running a plan is a job kind of its own)."""
+"""Recovery plans for the admin: ``/v1/plans`` (CRUD) and running them (``plan-failover`` and
+``plan-cleanup`` jobs, cs/plan_jobs.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import http
-from cs import model, plans
+from cs import model, plan_jobs, plans
 from cs.api import paging, spec
 from cs.db.models import RecoveryPlan
 from cs.state import state_of
@@ -79,9 +80,37 @@ async def delete_plan(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+JOB = spec.obj({"job_id": spec.HEX_ID})
+
+
+@spec.route(roles=spec.ADMIN, request=spec.obj({"mode": {"enum": ["test", "unplanned"]},
+                                               "point": {"type": ["string", "object"]}}, required=("mode",)),
+            response=JOB, status=202, tags=("plans",))
+async def post_plan_failover(request: web.Request) -> web.Response:
+    """Fail a plan over (a ``plan-failover`` job): groups in order, each group's machines in parallel
+    (test or unplanned failover to ``point``), pre/post actions; a manual action pauses the job
+    until POST /v1/jobs/{id}/resume. 409 while a job of the plan runs or a machine is not ready."""
+    http.require_role(request, "admin")
+    name = _name(request)
+    mode, point = plan_jobs.parse_request(await http.read_json(request))
+    return web.json_response({"job_id": await plan_jobs.request(state_of(request), name, mode, point)}, status=202)
+
+
+@spec.route(roles=spec.ADMIN, request=spec.obj({}, required=()), response=JOB, status=202, tags=("plans",))
+async def post_plan_cleanup(request: web.Request) -> web.Response:
+    """Clean up a plan's test failover (a ``plan-cleanup`` job): every machine of the plan that has a
+    test failover, group by group."""
+    http.require_role(request, "admin")
+    name = _name(request)
+    model.body_keys(await http.read_json(request), allowed=())
+    return web.json_response({"job_id": await plan_jobs.request(state_of(request), name, "cleanup")}, status=202)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/plans", get_plans)
     app.router.add_post("/v1/plans", post_plan)
     app.router.add_get("/v1/plans/{name}", get_plan)
     app.router.add_patch("/v1/plans/{name}", patch_plan)
     app.router.add_delete("/v1/plans/{name}", delete_plan)
+    app.router.add_post("/v1/plans/{name}/failover", post_plan_failover)
+    app.router.add_post("/v1/plans/{name}/cleanup-test-failover", post_plan_cleanup)

@@ -14,7 +14,8 @@ from cs.db.models import Policy
 from cs.state import state_of
 
 _FIELDS = {"rpo_threshold_s": spec.INT, "retention_window_s": spec.INT, "app_consistent_interval_s": spec.INT,
-           "crash_consistent_interval_s": spec.nullable(spec.INT), "multi_machine_consistency": spec.BOOL}
+           "crash_consistent_interval_s": spec.nullable(spec.INT), "multi_machine_consistency": spec.BOOL,
+           "low_space_action": {"type": "string", "enum": list(policies.LOW_SPACE_ACTIONS)}}
 POLICY = spec.obj({"name": spec.STR, **_FIELDS, "machines": spec.INT, "groups": spec.INT,
                    "created_ns": spec.INT, "updated_ns": spec.INT})
 NEW_POLICY = spec.obj({"name": spec.STR, **_FIELDS}, required=("name",), extra=False)

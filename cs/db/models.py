@@ -79,6 +79,8 @@ class Disk(Base):
     percent: Mapped[float] = mapped_column(Float, default=0.0)
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    # an existing disk the MT adopts as the replica (a seed, cs/targets.py), else None
+    replica_path: Mapped[str | None] = mapped_column(String(4096), nullable=True)
 
     def __repr__(self) -> str:  # never the key
         return f"Disk({self.disk_id}, {self.name}, gen={self.generation}, state={self.state})"
@@ -335,6 +337,8 @@ class Policy(Base):
     app_consistent_interval_s: Mapped[int] = mapped_column(BigInteger)  # 0: no app-consistent points
     crash_consistent_interval_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     multi_machine_consistency: Mapped[bool] = mapped_column(Boolean, default=False)
+    # what the MT does when its retention volume runs low: "prune" (oldest points) or "pause"
+    low_space_action: Mapped[str] = mapped_column(String(16), default="prune", server_default="prune")
     created_ns: Mapped[int] = mapped_column(BigInteger)
     updated_ns: Mapped[int] = mapped_column(BigInteger)
 

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cs.db.models import Component, Disk, Job
 
 ACTIVE_JOB_STATES = ("queued", "running")
-MT_JOB_KINDS = ("failover", "points")  # the jobs an MT runs (the CS runner's kinds stay on the CS)
+# the jobs an MT runs (the CS runner's kinds stay on the CS); view-* act on a failover's view (mt/jobs.py)
+MT_JOB_KINDS = ("failover", "points", "view-change", "view-drop", "view-commit")
 
 
 async def component_by_host(session: AsyncSession, role: str, host_id: str) -> Component | None:

@@ -17,6 +17,7 @@ component silent past its heartbeat timeout): then its codes change nothing. Oth
 | ``78028`` | agent, per disk | critical: uploads refused for ``upload_failures_after_s`` |
 | ``78188`` | agent, per disk and machine | warning: churn above the supported rate, for a window |
 | ``rpo_exceeded`` | agent, per disk | warning: RPO above the disk's threshold |
+| ``retention_low_space`` | MT, per disk | warning: retention volume low; critical: applying paused |
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ PS_UNREACHABLE = "78186"
 UPLOAD_FAILURES = "78028"
 HIGH_CHURN = "78188"
 RPO_EXCEEDED = "rpo_exceeded"
+RETENTION_LOW_SPACE = "retention_low_space"
 
 _DISK_ID = re.compile(r"^[0-9a-f]{32}$")
 NS = 1_000_000_000
@@ -266,13 +268,38 @@ def agent_rpo(cfg: HealthConfig, s: Subject) -> list[Observation] | None:
     return out
 
 
+# -- the master target -----------------------------------------------------------------------
+
+
+def mt_retention(cfg: HealthConfig, s: Subject) -> list[Observation] | None:
+    """Per disk from ``disks.{id}.retention`` (mt/pruner.py): low space is a warning, a disk whose
+    applying paused for it critical; both clear at once when space returns."""
+    disks = s.metrics.get("disks")
+    if not isinstance(disks, dict) or not any(isinstance(d, dict) and "retention" in d for d in disks.values()):
+        return None  # an older MT
+    out = []
+    for disk_id, d in disks.items():
+        ret = d.get("retention") if isinstance(d, dict) else None
+        if not _DISK_ID.match(str(disk_id)) or not isinstance(ret, dict) or not ret:
+            continue
+        paused, low = ret.get("paused") is True, ret.get("low_space") is True
+        total, free = _num(ret.get("total_bytes")) or 0.0, _num(ret.get("free_bytes")) or 0.0
+        pct = 100.0 * free / total if total else 0.0
+        what = "applying is paused (policy: pause)" if paused else "the oldest recovery points are pruned"
+        out.append(Observation(RETENTION_LOW_SPACE, str(disk_id), (Level(WARNING, low or paused, 0),
+                                                                   Level(CRITICAL, paused, 0)),
+                               f"the master target's retention volume is low for disk {disk_id} "
+                               f"({pct:.1f} % free): {what}"))
+    return out
+
+
 # -- by role ---------------------------------------------------------------------------------
 
 MetricRules = dict[str, tuple[tuple[frozenset[str], Rule], ...]]
 METRIC_RULES: MetricRules = {
     "ps": ((frozenset({PS_THROTTLED}), ps_throttle), (frozenset({PS_CPU, PS_MEMORY}), ps_host),
            (frozenset({PS_CACHE_FREE}), ps_cache), (frozenset({PS_BACKLOG}), ps_backlog)),
-    "mt": (),
+    "mt": ((frozenset({RETENTION_LOW_SPACE}), mt_retention),),
     "agent": ((frozenset({PS_UNREACHABLE, UPLOAD_FAILURES}), agent_link), (frozenset({HIGH_CHURN}), agent_churn)),
 }
 

@@ -188,3 +188,29 @@ def test_proc_parsing(tmp_path: Path) -> None:
     assert value is None or 0.0 <= value <= 100.0
     meter = hoststats.RateMeter()
     assert meter.rate("d", 100, now=1.0) == 0.0 and meter.rate("d", 1100, now=3.0) == 500.0
+
+
+def mt_metrics(**disks: dict[str, Any]) -> dict[str, Any]:
+    """MT heartbeat metrics whose disks report ``retention`` (mt/pruner.py)."""
+    return {"disks": {d: {"mt_applied": 1, "retention": {"paused": False, "low_space": False, "action": "prune",
+                                                         "free_bytes": 900, "total_bytes": 1000, **r}}
+                      for d, r in disks.items()}}
+
+
+def test_retention_low_space_warns_when_pruning_is_critical_when_paused_and_clears() -> None:
+    sim = Sim("mt")
+    assert sim.at(0, mt_metrics(**{DISK1: {}, DISK2: {}})) == {}
+    low = mt_metrics(**{DISK1: {"low_space": True, "free_bytes": 50}, DISK2: {}})
+    assert sim.at(1, low) == {("retention_low_space", DISK1): "warning"}
+    paused = mt_metrics(**{DISK1: {"low_space": True, "paused": True, "action": "pause", "free_bytes": 50}, DISK2: {}})
+    assert sim.at(2, paused) == {("retention_low_space", DISK1): "critical"}
+    assert sim.at(3, mt_metrics(**{DISK1: {}, DISK2: {}})) == {}  # space returned
+    assert sim.log[-1] == ("cleared", "retention_low_space", DISK1, "critical")
+    verdict = rules.evaluate(HealthConfig(), rules.Subject("mt", paused, T0, T0, T0))
+    [obs] = [o for o in verdict.observations if o.code == rules.RETENTION_LOW_SPACE and o.disk_id == DISK1]
+    assert "paused" in obs.message and "5.0 % free" in obs.message
+
+
+def test_an_mt_that_does_not_report_retention_changes_nothing() -> None:
+    verdict = rules.evaluate(HealthConfig(), rules.Subject("mt", {"disks": {DISK1: {"mt_applied": 1}}}, T0, T0, T0))
+    assert rules.RETENTION_LOW_SPACE not in verdict.codes

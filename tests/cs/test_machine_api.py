@@ -180,7 +180,7 @@ async def test_machine_points_listing_asks_every_disks_mt_and_keeps_no_probe(mac
                "disk2": [pt(1, 0, 3, 12), pt(2, 5, 6, 21), pt(3, 0, 9, 41)]}
     listing = asyncio.create_task(m.admin.machine_points(m.machine_id, limit=10))
     probes = await m.mt_jobs(3)
-    assert all(j["kind"] == "points" and j["point"] == {"recent": 10} for j in probes)
+    assert all(j["kind"] == "points" and j["point"] == {"recent": 10, "named": True} for j in probes)
     # a listing does not hold the disks: a disk's own failover may start meanwhile
     other = await m.admin.failover(m.disks["disk0"], "latest")
     for probe in probes:
@@ -212,7 +212,7 @@ async def test_machine_points_answer_503_when_an_mt_does_not_answer(machine: Mac
     ("GET", "/v1/machines/{m}/points?since=1", None, 400),
     ("GET", "/v1/machines/NOTHEX/points", None, 400),
     ("GET", "/v1/machines/" + "a" * 32 + "/points", None, 404),
-    ("POST", "/v1/machines/{m}/failover", {"point": "latest-app-consistent"}, 400),
+    ("POST", "/v1/machines/{m}/failover", {"point": "latest-app"}, 400),
     ("POST", "/v1/machines/{m}/failover", {"point": {"wnum": -3}}, 400),
     ("POST", "/v1/machines/{m}/failover", {"point": "latest", "disks": []}, 400),
     ("POST", "/v1/machines/" + "a" * 32 + "/failover", {"point": "latest"}, 404),

@@ -266,7 +266,7 @@ def test_phases_of_a_machine_failover() -> None:
                          {"a": {"image_path": "/a", "point": {"wnum_hi": 11, "t_last_ns": 1, "accuracy": "exact"}}})
 
 
-@pytest.mark.parametrize("body", [{"point": "latest-app-consistent"}, {"point": {"wnum": 0}},
+@pytest.mark.parametrize("body", [{"point": "latest-nothing"}, {"point": {"wnum": 0}},
                                   {"point": {"time_ns": "x"}}, {"point": {"wnum": 1, "time_ns": 2}},
                                   {"point": "latest", "extra": 1}, {"point": {"tag": "a"}}])
 def test_bad_machine_point_requests_are_refused(body: dict[str, object]) -> None:

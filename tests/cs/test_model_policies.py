@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cshelpers import Site, raw
+from cshelpers import Site, raw, settings
 
 from common import errors
 from cs import policies
@@ -15,10 +15,12 @@ def test_parse_fills_defaults_and_checks_fields_and_relations() -> None:
                              "app_consistent_interval_s": 0, "crash_consistent_interval_s": 60,
                              "multi_machine_consistency": True})
     assert values == {"rpo_threshold_s": 300, "retention_window_s": 7200, "app_consistent_interval_s": 0,
-                      "crash_consistent_interval_s": 60, "multi_machine_consistency": True}
+                      "crash_consistent_interval_s": 60, "multi_machine_consistency": True,
+                      "low_space_action": "prune"}
     bad = [{"rpo_threshold_s": 59}, {"rpo_threshold_s": True}, {"retention_window_s": 16 * 86400},
            {"app_consistent_interval_s": 30}, {"app_consistent_interval_s": 13 * 3600},
-           {"multi_machine_consistency": 1}, {"colour": "red"},
+           {"multi_machine_consistency": 1}, {"colour": "red"}, {"low_space_action": "panic"},
+           {"low_space_action": None},
            {"retention_window_s": 3600, "app_consistent_interval_s": 7200},  # points outside the window
            {"retention_window_s": 600, "crash_consistent_interval_s": 900, "app_consistent_interval_s": 0}]
     for body in bad:
@@ -87,3 +89,25 @@ async def test_replication_groups_go_under_a_policy(site: Site) -> None:
     assert (status, body["code"]) == (404, "not_found")
     status, body = await raw(site.env.url, api._ssl, "DELETE", "/v1/policies/mmc")
     assert (status, body["code"]) == (409, "conflict")
+
+
+async def test_low_space_action_is_validated_and_reaches_the_mt_with_the_window(site: Site) -> None:
+    """The MT's settings carry each disk's retention from its machine's policy (mt/retention.py)."""
+    assert policies.parse({"low_space_action": "pause"}, dict(policies.DEFAULTS))["low_space_action"] == "pause"
+    api = site.env.admin._api
+    gold = await api.post("/v1/policies", {"name": "gold", "retention_window_s": 14_400, "low_space_action": "pause"})
+    assert gold["low_space_action"] == "pause"
+    assert (await api.get("/v1/policies/default"))["low_space_action"] == "prune"
+    status, reply = await raw(site.env.url, api._ssl, "PATCH", "/v1/policies/gold", {"low_space_action": "panic"})
+    assert (status, reply["code"]) == (400, "bad_request") and "low_space_action" in reply["message"]
+    assert (await api.get("/v1/policies/gold"))["low_space_action"] == "pause"  # unchanged
+
+    await site.ps()
+    mt = await site.mt()
+    m1, _ = await site.agent("m1")
+    await api.post(f"/v1/machines/{m1.component_id}/protect", {"policy": "gold"})
+    [disk] = (await settings(mt))["document"]["disks"]
+    assert (disk["retention_window_s"], disk["low_space_action"]) == (14_400, "pause")
+    await api.request("PATCH", "/v1/policies/gold", json_body={"low_space_action": "prune"})
+    [disk] = (await settings(mt))["document"]["disks"]
+    assert (disk["retention_window_s"], disk["low_space_action"]) == (14_400, "prune")

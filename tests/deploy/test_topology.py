@@ -9,11 +9,23 @@ from deploy.topology import DEFAULT_TOPOLOGY, load
 
 def test_default_topology_puts_sites_on_their_loopback_ranges() -> None:
     topo = load(DEFAULT_TOPOLOGY)
-    assert topo.cs.address.startswith("127.0.2.") and all(m.address.startswith("127.0.2.") for m in topo.mts)
-    assert all(p.address.startswith("127.0.1.") for p in topo.pss)
+    ranges = {"cloud": "127.0.2.", "onprem": "127.0.1."}
+    assert topo.cs.site == "cloud"
+    assert all(n.address.startswith(ranges[n.site]) for n in topo.nodes if n.role != "agent")
+    assert topo.mts[0].site == "cloud" and topo.pss[0].site == "onprem"  # the way there comes first
+    assert {n.name for n in topo.in_site("onprem", "mt")} == {"mt2"}  # the way back: reprotect, failback
+    assert {n.name for n in topo.in_site("cloud", "ps")} == {"ps2"}
     assert topo.pss[0].ports == {"data": 9443}
     assert topo.mts[0].ports == {"data": 9443, "control": 9080}
     assert topo.machines[0].disks[0].size_bytes == 256 * 1024 * 1024
+
+
+def test_duplicate_node_names_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text('[cloud]\ncs = { address = "127.0.2.1" }\nmt = [{ name = "x", address = "127.0.2.2" }]\n'
+                    '[onprem]\nps = [{ name = "x", address = "127.0.1.1" }]\n')
+    with pytest.raises(errors.ConfigError, match="unique"):
+        load(path)
 
 
 def test_incomplete_topology_is_a_clear_error(tmp_path: Path) -> None:

@@ -30,19 +30,23 @@ class Machine:
 
 
 def write_topology(path: Path, net: int, disk_mib: int = 32, pss: int = 1, *,
-                   machines: list[Machine] | None = None, ps_extra: str = "") -> Path:
+                   machines: list[Machine] | None = None, ps_extra: str = "", way_back: bool = False) -> Path:
     """A lab of one CS, one MT, ``pss`` process servers (``ps_extra``: more keys of each, e.g.
-    ``", cache_mib = 8"``) and ``machines`` (default: one with one disk of ``disk_mib``)."""
+    ``", cache_mib = 8"``) and ``machines`` (default: one with one disk of ``disk_mib``);
+    ``way_back``: also a cloud PS and an on-prem MT (reprotect and failback)."""
     ps_list = ", ".join(f'{{ name = "ps{i}", address = "127.{net}.1.{i}", data_port = 9443{ps_extra} }}'
                         for i in range(1, pss + 1))
     hosts = machines if machines is not None else [Machine(disks={"disk0": disk_mib})]
+    cloud_back = f'ps = [{{ name = "ps9", address = "127.{net}.2.9", data_port = 9443 }}]\n' if way_back else ""
+    onprem_back = (f'mt = [{{ name = "mt9", address = "127.{net}.1.99", data_port = 9443, control_port = 9080 }}]\n'
+                   if way_back else "")
     path.write_text(f"""
 [cloud]
 cs = {{ address = "127.{net}.2.1", port = 443 }}
 mt = [{{ name = "mt1", address = "127.{net}.2.2", data_port = 9443, control_port = 9080 }}]
-[onprem]
+{cloud_back}[onprem]
 ps = [{ps_list}]
-""" + "".join(m.toml() for m in hosts))
+{onprem_back}""" + "".join(m.toml() for m in hosts))
     return path
 
 

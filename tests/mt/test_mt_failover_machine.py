@@ -90,7 +90,7 @@ def test_probes_answer_latest_recent_first_write_after_and_below(store: Any) -> 
     assert out["latest"]["seq"] == 4 and out["latest"]["wnum_hi"] == 20
     assert [p["seq"] for p in out["points"]] == [2, 3, 4]  # oldest first
     assert out["points"][0] == {"gen": 1, "seq": 2, "wnum_first": 0, "wnum_hi": 9, "t_first_ns": 140,
-                                "t_last_ns": 150, "accuracy": "exact"}
+                                "t_last_ns": 150, "accuracy": "exact", "tags": []}
     assert out["after"]["seq"] == 3  # the idle mark at 150 holds no write: not "a write after 120"
     assert out["below"]["seq"] == 2
     out = probe(s.catalog, DISK, Probe(time_ns=300, below=6))

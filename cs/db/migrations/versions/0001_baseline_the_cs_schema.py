@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Down revision: None
-Create Date: 2026-11-29 23:30:07.871641
+Create Date: 2026-11-30 01:32:47.571579
 """
 
 from __future__ import annotations
@@ -169,6 +169,7 @@ def upgrade() -> None:
         sa.Column("percent", sa.Float(), nullable=False),
         sa.Column("bytes_done", sa.BigInteger(), nullable=False),
         sa.Column("bytes_total", sa.BigInteger(), nullable=False),
+        sa.Column("replica_path", sa.String(length=4096), nullable=True),
         sa.PrimaryKeyConstraint("disk_id"),
         sa.UniqueConstraint("machine_id", "name"),
     )
@@ -271,6 +272,7 @@ def upgrade() -> None:
         sa.Column("app_consistent_interval_s", sa.BigInteger(), nullable=False),
         sa.Column("crash_consistent_interval_s", sa.BigInteger(), nullable=True),
         sa.Column("multi_machine_consistency", sa.Boolean(), nullable=False),
+        sa.Column("low_space_action", sa.String(length=16), server_default="prune", nullable=False),
         sa.Column("created_ns", sa.BigInteger(), nullable=False),
         sa.Column("updated_ns", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name"),

@@ -1,0 +1,143 @@
+"""CLI of failover operations and recovery plan runs (cs/machine_ops.py, cs/plan_jobs.py):
+
+``drlab machine test-failover|cleanup|failover|change-point|commit MACHINE [--point ...] [--wait]``,
+``drlab plan failover NAME [--test] [--point ...] [--wait]``, ``drlab plan cleanup NAME [--wait]``
+and ``drlab job resume ID``. With ``--wait`` the job's steps are printed as they are recorded and
+the exit status is 0 only if it succeeded; without, the job id is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from common import errors
+
+MACHINE_OPS = {"test-failover": ("test-failover", "test failover: a view of every disk at one point; "
+                                                  "replication keeps running"),
+               "cleanup": ("cleanup-test-failover", "clean up the machine's test failover"),
+               "failover": ("failover", "unplanned failover (the disks become failed-over)"),
+               "planned-failover": ("planned-failover", "planned failover: the source stops, everything drains, "
+                                                        "nothing is lost"),
+               "change-point": ("change-point", "move the machine's failover to another point (before commit)"),
+               "commit": ("commit", "commit the machine's unplanned or planned failover")}
+WITH_POINT = ("test-failover", "failover", "change-point")
+FINAL = ("succeeded", "failed")
+
+
+def point_of(args: argparse.Namespace) -> Any:
+    """The point from ``--point NAME``, ``--wnum W`` or ``--time-ns T`` (pure)."""
+    if args.wnum is not None:
+        return {"wnum": args.wnum}
+    if args.time_ns is not None:
+        return {"time_ns": args.time_ns}
+    return args.point
+
+
+async def follow(api: Any, job_id: str, timeout_s: float, out: Any = print) -> dict[str, Any]:
+    """Print the job's new steps until it is final; the final job."""
+    deadline, shown = time.monotonic() + timeout_s, 0
+    while True:
+        job = dict(await api.get(f"/v1/jobs/{job_id}"))
+        steps = job.get("steps") or []
+        for s in steps[shown:]:
+            pct = f" {s['percent']:.0f}%" if "percent" in s else ""
+            out(f"step{pct}: {s['name']}" + (f" ({s['detail'][:200]})" if s.get("detail") else ""))
+        shown = len(steps)
+        if job["state"] in FINAL:
+            return job
+        if time.monotonic() > deadline:
+            raise errors.Unavailable(f"job {job_id} still {job['state']} after {timeout_s:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+def _run(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
+    from deploy.cli import _admin_api
+
+    async def go(api: Any) -> Any:
+        job_id = str((await api.post(path, body))["job_id"])
+        if not args.wait:
+            return {"job_id": job_id}
+        print(f"job {job_id}")
+        return await follow(api, job_id, args.timeout_s)
+
+    job = _admin_api(args, go)
+    if not args.wait:
+        print(job["job_id"])
+        return 0
+    print(json.dumps({k: job.get(k) for k in ("job_id", "kind", "state", "result", "error")}, indent=2))
+    return 0 if job.get("state") == "succeeded" else 1
+
+
+def cmd_machine_op(args: argparse.Namespace) -> int:
+    route, _ = MACHINE_OPS[args.op]
+    body: dict[str, Any] = {"point": point_of(args)} if args.op in WITH_POINT else {}
+    if args.op == "failover":
+        body["mode"] = "test" if args.test else "unplanned"
+    return _run(args, f"/v1/machines/{args.machine_id}/{route}", body)
+
+
+def cmd_plan_failover(args: argparse.Namespace) -> int:
+    body = {"mode": "test" if args.test else "unplanned", "point": point_of(args)}
+    return _run(args, f"/v1/plans/{args.name}/failover", body)
+
+
+def cmd_plan_cleanup(args: argparse.Namespace) -> int:
+    return _run(args, f"/v1/plans/{args.name}/cleanup-test-failover", {})
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    """``drlab job ID`` shows a job; ``drlab job resume ID`` resumes a paused plan job."""
+    from deploy import cli_model
+    from deploy.cli import _admin_api
+
+    if args.job_id != "resume":
+        if args.resume_id is not None:
+            raise errors.BadRequest("usage: drlab job ID | drlab job resume ID")
+        return cli_model.cmd_job(args)
+    if args.resume_id is None:
+        raise errors.BadRequest("usage: drlab job resume ID")
+    out = _admin_api(args, lambda api: api.post(f"/v1/jobs/{args.resume_id}/resume", {}))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Any:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _waiting(p: argparse.ArgumentParser, point: bool) -> None:
+    if point:
+        p.add_argument("--point", default="latest", help="latest, latest-processed, ... (default latest)")
+        p.add_argument("--wnum", type=int, default=None, help="a machine point: write number W")
+        p.add_argument("--time-ns", type=int, default=None, help="the machine point at a time")
+    p.add_argument("--wait", action="store_true", help="follow the job's steps until it ends")
+    p.add_argument("--timeout-s", type=float, default=1800.0)
+
+
+def add_parsers(sub: Any) -> None:
+    """Adds to the ``machine``, ``plan`` and ``job`` commands of deploy/cli_model.py."""
+    machine = _subparsers(sub.choices["machine"])
+    for op, (_, text) in MACHINE_OPS.items():
+        p = machine.add_parser(op, help=text)
+        p.add_argument("machine_id")
+        _waiting(p, op in WITH_POINT)
+        if op == "failover":
+            p.add_argument("--test", action="store_true", help="a test failover instead")
+        p.set_defaults(func=cmd_machine_op, op=op)
+    plan = _subparsers(sub.choices["plan"])
+    fo = plan.add_parser("failover", help="fail a recovery plan over (groups in order); --test: a test failover")
+    fo.add_argument("name")
+    fo.add_argument("--test", action="store_true")
+    _waiting(fo, True)
+    fo.set_defaults(func=cmd_plan_failover)
+    cl = plan.add_parser("cleanup", help="clean up a recovery plan's test failover")
+    cl.add_argument("name")
+    _waiting(cl, False)
+    cl.set_defaults(func=cmd_plan_cleanup)
+    job = sub.choices["job"]
+    job.add_argument("resume_id", nargs="?", default=None, help="with `resume`: the paused plan job to resume")
+    job.set_defaults(func=cmd_job)

@@ -1,0 +1,135 @@
+"""What the drills share: a fresh lab, machine operations run to the end, byte comparisons."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import oracle
+from deploy.drills.steps import StepFailed, Steps, require
+from deploy.lab import Lab, alive
+from deploy.scenario import Scenario
+from deploy.topology import DEFAULT_TOPOLOGY, Node
+from deploy.topology import load as load_topology
+
+
+@dataclass
+class DrillParams:
+    root: Path = Path(".lab/drill")
+    topology: Path = DEFAULT_TOPOLOGY
+    duration_s: float = 6.0  # of each workload phase
+    rate_mb_s: float = 4.0
+    prefill_fraction: float = 0.25
+    seed: int = field(default_factory=lambda: random.randrange(1, 2**31))
+    alternate: bool = False  # failback to a new on-prem machine (an alternate location), not the original
+
+
+Body = Callable[[Lab, Any, Scenario, DrillParams, Steps], Awaitable[None]]
+
+
+async def run_drill(name: str, params: DrillParams, body: Body, nsteps: int, say: Callable[[str], None]) -> int:
+    """A fresh lab with its first machine prefilled, ``body`` run against it, the lab down, the
+    step table; 0 if every one of ``nsteps`` steps passed and no daemon needed SIGKILL."""
+    lab = fresh_lab(params)
+    steps = Steps(say)
+    say(f"drill {name}: seed {params.seed}, lab in {params.root}")
+    sc = Scenario(lab, params.seed)
+    await lab.init()
+    lab.write_configs()
+    await asyncio.to_thread(sc.prefill, params.prefill_fraction)
+    try:
+        await lab.up()
+        async with lab.admin() as admin:
+            await body(lab, admin, sc, params, steps)
+    except Exception as exc:  # the failed step is in the table; anything else is reported here
+        say(f"drill stopped: {type(exc).__name__}: {exc}")
+    finally:
+        leftover = lab.down()
+    say(steps.table())
+    ok = steps.ok and len(steps.done) == nsteps and not leftover
+    say("DRILL PASSED" if ok else "DRILL FAILED" + (f" (SIGKILL needed: {leftover})" if leftover else ""))
+    return 0 if ok else 1
+
+
+def fresh_lab(params: DrillParams) -> Lab:
+    if params.root.exists():
+        shutil.rmtree(params.root)
+    return Lab(load_topology(params.topology), params.root)
+
+
+async def run_op(admin: Any, machine_id: str, op: str, body: dict[str, Any] | None = None,
+                 timeout_s: float = 180.0) -> dict[str, Any]:
+    """A machine operation (cs/machine_ops.py) run to its end; a failed one fails the step."""
+    job = await admin.wait_job(await admin.machine_op(machine_id, op, body), timeout_s=timeout_s)
+    if job["state"] != "succeeded":
+        raise StepFailed(f"{op} of machine {machine_id} failed: {job.get('error')}")
+    return dict(job)
+
+
+async def oracle_failover(admin: Any, sc: Scenario, op: str, point: Any, label: str) -> dict[str, Any]:
+    """A (test) failover of ``sc``'s machine, every disk checked by the oracle at the job's W."""
+    body = {"point": point, **({"mode": "unplanned"} if op == "failover" else {})}
+    job = await run_op(admin, sc.machine_id, op, body)
+    check = await sc.check_machine_job(job, point, label, 0.0)
+    require(check.ok, f"{label}: the oracle refused the image at W {check.wnum}: {check.detail}")
+    return job
+
+
+async def same_bytes(expected: Path, actual: Path, what: str) -> None:
+    mismatch = await asyncio.to_thread(oracle.compare, expected, actual)
+    require(mismatch is None, f"{what}: {actual} differs from {expected} at offset "
+                              f"{mismatch.offset if mismatch else '-'}")
+
+
+def images(job: dict[str, Any]) -> dict[str, Path]:
+    """Disk name -> failover image, from a machine failover operation's result."""
+    return {d["name"]: Path(d["image_path"]) for d in job["result"]["disks"]}
+
+
+async def committed_replicas(admin: Any, job: dict[str, Any]) -> dict[str, Path]:
+    """Disk name -> the replica a commit wrote the point into (where the machine boots from)."""
+    names = {d["disk_id"]: d["name"] for d in await admin.disks()}
+    return {names[d["disk_id"]]: Path(d["result"]["replica_path"]) for d in job["result"]["disks"]}
+
+
+def scribble(path: Path, count: int, seed: int, block: int = 65536) -> int:
+    """Write ``count`` random blocks straight into a disk file (writes made on-premises after the
+    failover point, that never replicated); returns the bytes written."""
+    rng = random.Random(seed)
+    size = path.stat().st_size
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for _ in range(count):
+            os.pwrite(fd, rng.randbytes(block), rng.randrange(0, size // block) * block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return count * block
+
+
+async def last_resync(admin: Any, disk_id: str) -> dict[str, Any]:
+    items = await admin.resyncs(disk_id)
+    return dict(items[0]) if items else {}
+
+
+def node_of(lab: Lab, site: str, role: str) -> Node:
+    found = lab.topology.in_site(site, role)
+    if not found:
+        raise StepFailed(f"the lab topology has no {role} in the {site} site")
+    return found[0]
+
+
+def mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def require_all_dead(lab: Lab, names: list[str]) -> None:
+    pids = lab.read_pids()
+    living = [n for n in names if n in pids and alive(pids[n])]
+    require(not living, f"still running after SIGKILL: {', '.join(living)}")
