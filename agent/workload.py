@@ -1,6 +1,7 @@
 """The workload generator: seeded writes through the agent, each acknowledged one logged.
 
-    python -m agent.workload [run] --socket PATH --log FILE [--seed N] --rate-mb-s 10 --duration-s 20
+    python -m agent.workload [run] (--socket PATH | --nbd nbd://HOST:PORT/NAME) --log FILE [--seed N]
+        --rate-mb-s 10 --duration-s 20
         [--disks 0,1] [--write-sizes 4096:0.5,65536:0.4,1048576:0.1] [--overwrite-share 0.7]
         [--profile mixed] [--hot-region-mib 64] [--start-wnum auto] [--json]
     python -m agent.workload prefill --image PATH --disk-index 0 --size-bytes N --fraction 0.5
@@ -8,7 +9,9 @@
 
 The write log (common/wire/writelog) is shared by prefill and runs of one machine; write
 numbers continue from its highest. A record is appended only after the agent acknowledged
-the write, so the log is the oracle's truth (common/oracle). The data of write w is
+the write, so the log is the oracle's truth (common/oracle). With ``--nbd`` the writes go to an NBD
+export instead (common/nbdclient.py: e.g. an MT's failover view), logged as disk ``--disks`` (one
+index, default 0); write numbers are then the workload's own. The data of write w is
 ``datagen.data_for(seed, w, length, profile)``; the seed is the log's.
 """
 
@@ -29,6 +32,7 @@ from agent.blockclient import BlockClient
 from common import datagen
 from common import logging as dlog
 from common.errors import ConfigError, DrlabError
+from common.nbdclient import NbdBlockClient
 from common.wire import writelog as wl
 
 log = dlog.get("drlab.agent.workload")
@@ -53,6 +57,7 @@ class WorkloadParams:
     start_wnum: int | None = None  # None: the log's highest wnum + 1
     max_writes: int | None = None
     timeout_s: float = 30.0
+    nbd_url: str | None = None  # write to this NBD export (as disk ``disks[0]``, default 0), not the agent
 
 
 @dataclass
@@ -141,7 +146,7 @@ def _resolve_seed(log_path: Path, seed: int | None) -> int:
     return random.randrange(1, 2**63) if seed is None else seed
 
 
-async def _disk_sizes(client: BlockClient, wanted: list[int] | None) -> dict[int, int]:
+async def _disk_sizes(client: BlockClient | NbdBlockClient, wanted: list[int] | None) -> dict[int, int]:
     sizes = {int(d["index"]): int(d["size_bytes"]) for d in await client.info()}
     chosen = sorted(sizes) if wanted is None else wanted
     missing = [d for d in chosen if d not in sizes]
@@ -175,7 +180,9 @@ async def run_workload(params: WorkloadParams, *, stop: asyncio.Event | None = N
                 raise ConfigError(f"start wnum {params.start_wnum} is not above the log's {writer.last_wnum}")
             wnum = params.start_wnum
         log.info("workload starting", seed=seed, first_wnum=wnum, rate_mb_s=params.rate_mb_s)
-        async with BlockClient(params.socket_path, timeout_s=params.timeout_s) as client:
+        client = (NbdBlockClient(params.nbd_url, (params.disks or [0])[0], timeout_s=params.timeout_s)
+                  if params.nbd_url else BlockClient(params.socket_path, timeout_s=params.timeout_s))
+        async with client:
             sizes = await _disk_sizes(client, params.disks)
             rng = random.Random(f"drlab-workload:{seed}:{wnum}")
             planner = Planner(rng, sizes, params.write_sizes, params.overwrite_share,
@@ -185,7 +192,7 @@ async def run_workload(params: WorkloadParams, *, stop: asyncio.Event | None = N
     return stats
 
 
-async def _loop(params: WorkloadParams, client: BlockClient, writer: wl.LogWriter, planner: Planner,
+async def _loop(params: WorkloadParams, client: BlockClient | NbdBlockClient, writer: wl.LogWriter, planner: Planner,
                 stats: WorkloadStats, wnum: int, prof: datagen.Profile, stop: asyncio.Event) -> None:
     bucket = TokenBucket(params.rate_mb_s * 1e6)
     started = time.monotonic()
@@ -261,7 +268,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m agent.workload", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="write through the agent's socket (the default)")
-    run.add_argument("--socket", required=True, type=Path)
+    target = run.add_mutually_exclusive_group(required=True)
+    target.add_argument("--socket", type=Path)
+    target.add_argument("--nbd", default=None, help="nbd://HOST:PORT/NAME: write to this NBD export instead")
     run.add_argument("--rate-mb-s", type=float, default=10.0, help="target MB/s (10^6 bytes); 0 = unpaced")
     run.add_argument("--duration-s", type=float, default=20.0)
     run.add_argument("--disks", default=None, help="comma-separated disk indexes (default: all)")
@@ -286,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run_cli(args: argparse.Namespace) -> WorkloadStats:
     params = WorkloadParams(
-        socket_path=args.socket, log_path=args.log, seed=_resolve_seed(args.log, args.seed),
+        socket_path=args.socket or Path(), nbd_url=args.nbd, log_path=args.log, seed=_resolve_seed(args.log, args.seed),
         rate_mb_s=args.rate_mb_s, duration_s=args.duration_s,
         disks=[int(d) for d in args.disks.split(",")] if args.disks else None,
         write_sizes=args.write_sizes, overwrite_share=args.overwrite_share, profile=args.profile,

@@ -186,8 +186,18 @@ class MTConfig(ComponentConfig):
     retention_low_free_pct: float = 10.0
     retention_resume_free_pct: float = 15.0
     retention_check_interval_s: float = 5.0  # how often an idle (or paused) disk looks again
+    # failover views served as NBD exports named after the view id (mt/viewnbd.py); 0: not served.
+    # Loopback only (the export has no authentication); "" = listen_host
+    view_nbd_port: int = 0
+    view_nbd_host: str = ""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.view_nbd_port <= 65535:
+            raise ConfigError(f"view_nbd_port {self.view_nbd_port} is not a TCP port (0: views not served)")
+        nbd_host = self.view_nbd_host or (self.listen_host if self.view_nbd_port else "")
+        if nbd_host and not is_loopback(nbd_host):
+            raise ConfigError(f"view_nbd_host {nbd_host!r} is not a loopback address (the NBD export of "
+                              "views has no authentication): set view_nbd_host to one")
         if self.retention_max_bytes < 0 or self.retention_check_interval_s <= 0:
             raise ConfigError("need retention_max_bytes >= 0 and retention_check_interval_s > 0")
         if not 0.0 <= self.retention_low_free_pct <= self.retention_resume_free_pct <= 100.0:

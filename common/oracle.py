@@ -247,3 +247,85 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+
+
+# -- an image that started as a copy of a base image (a failed-over disk, then written to) ------
+
+
+def _copy_sparse(src: Path, fd: int, size_bytes: int, block: int = BLOCK) -> None:
+    """``src`` into ``fd`` (truncated to ``size_bytes``), zero blocks left as holes."""
+    os.ftruncate(fd, size_bytes)
+    with open(src, "rb", buffering=0) as f:
+        offset = 0
+        while offset < size_bytes:
+            data = f.read(min(block, size_bytes - offset))
+            if not data:
+                break
+            if data.count(0) != len(data):
+                _pwrite_all(fd, data, offset)
+            offset += len(data)
+
+
+def _apply_after(index: LogIndex, disk_index: int, size_bytes: int, wnum_lo: int, wnum_hi: int, fd: int,
+                 with_doubts: bool) -> int:
+    """The disk's records in (``wnum_lo``, ``wnum_hi``] into ``fd``, in wnum order; returns how many."""
+    seed, prof = index.header.data_args()
+    records = [r for r in index.upto(wnum_hi, disk_index)
+               if r.wnum > wnum_lo and (with_doubts or r.kind != KIND_DOUBT)]
+    for rec in records:
+        if rec.end > size_bytes:
+            raise ValueError(f"logged write {rec.wnum} [{rec.offset}, +{rec.length}) exceeds {size_bytes} bytes")
+        _pwrite_all(fd, data_for(seed, rec.wnum, rec.length, prof), rec.offset)
+    return len(records)
+
+
+def verify_over_base(base_path: Path, log_path: Path, disk_index: int, size_bytes: int, wnum_hi: int,
+                     image_path: Path, *, wnum_lo: int = 0) -> VerifyResult:
+    """Does ``image_path`` equal ``base_path`` (e.g. a failover job's image: the disk at its point)
+    with the logged writes in (``wnum_lo``, ``wnum_hi``] of the disk applied on top, in wnum order
+    (e.g. the writes a failed-over machine then made to the view over NBD)? A write in doubt may or
+    may not be there, as in :func:`verify` (each block: the expected image without the doubts, or
+    the one with them). The expected images are temporary sparse files next to the image."""
+    started = time.monotonic()
+    index = LogIndex.load(Path(log_path))
+    image_path = Path(image_path)
+    has_doubts = any(r.kind == KIND_DOUBT and r.wnum > wnum_lo for r in index.upto(wnum_hi, disk_index))
+    tmps: list[str] = []
+    try:
+        applied = 0
+        for with_doubts in ((False, True) if has_doubts else (False,)):
+            fd, tmp = tempfile.mkstemp(prefix=".oracle-base-", suffix=".img", dir=image_path.parent)
+            tmps.append(tmp)
+            try:
+                _copy_sparse(Path(base_path), fd, size_bytes)
+                count = _apply_after(index, disk_index, size_bytes, wnum_lo, wnum_hi, fd, with_doubts)
+                applied = applied or count
+            finally:
+                os.close(fd)
+        mismatch = compare(Path(tmps[0]), image_path)
+        if mismatch is not None and has_doubts:
+            mismatch = _either(Path(tmps[0]), Path(tmps[1]), image_path)
+    finally:
+        for tmp in tmps:
+            os.unlink(tmp)
+    if mismatch is not None:
+        rec = index.last_covering(disk_index, mismatch.offset, wnum_hi)
+        wnum = rec.wnum if rec is not None and rec.wnum > wnum_lo else None  # None: the base's byte
+        mismatch = Mismatch(mismatch.offset, mismatch.expected, mismatch.actual, wnum)
+    compared = size_bytes if mismatch is None else mismatch.offset
+    return VerifyResult(mismatch is None, None if mismatch is None else mismatch.offset, compared, wnum_hi,
+                        applied, mismatch, time.monotonic() - started)
+
+
+def _either(without: Path, with_doubts: Path, image_path: Path, block: int = BLOCK) -> Mismatch | None:
+    """The first block of the image that is neither expected image's (None: every block is one)."""
+    with open(without, "rb", buffering=0) as f0, open(with_doubts, "rb", buffering=0) as f1, \
+            open(image_path, "rb", buffering=0) as fa:
+        offset = 0
+        while True:
+            e0, e1, a = f0.read(block), f1.read(block), fa.read(block)
+            if a not in (e0, e1):
+                return _first_difference(offset, e0, a)
+            if not a:
+                return None
+            offset += len(a)

@@ -14,10 +14,11 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
 from common import logging as dlog
-from cs import machines, validate
+from cs import machine_ops, machines, validate
 from cs.db import repo
 from cs.db.models import Disk, Job
 from cs.state import CSState
@@ -72,11 +73,26 @@ async def failover(state: CSState, disk_id: str, point: str | dict[str, Any]) ->
             raise errors.Conflict(f"disk {disk_id} is not protected ({disk.state})")
         if any(not machines.is_listing_probe(j) for j in await repo.active_jobs_for_disk(session, disk_id)):
             raise errors.Conflict(f"disk {disk_id} already has a job in progress")
+        await _no_machine_operation(session, disk)
         job = Job(job_id=uuid.uuid4().hex, kind="failover", disk_id=disk_id, state="queued",
                   params={"point": point}, result=None, error=None, created_ns=now, updated_ns=now)
         session.add(job)
     log.info("failover_queued", job_id=job.job_id, disk_id=disk_id, point=point, mt_id=disk.mt_id)
     return job.job_id
+
+
+async def _no_machine_operation(session: AsyncSession, disk: Disk) -> None:
+    """A disk's own failover is refused (409) while an operation on its machine is going (a machine
+    failover, cs/machines.py, or a failover operation, cs/machine_ops.py: their ``disk_id`` column
+    holds the machine id): the machine's failover owns its disks' views meanwhile."""
+    if disk.machine_id is None:
+        return
+    going = (await session.scalars(select(Job.job_id).where(
+        Job.disk_id == disk.machine_id, Job.kind.in_((*machine_ops.KINDS, machines.MACHINE_KIND)),
+        Job.state.in_(repo.ACTIVE_JOB_STATES)))).first()
+    if going is not None:
+        raise errors.Conflict(f"disk {disk.disk_id}: its machine {disk.machine_id} has an operation in progress "
+                              f"(job {going})")
 
 
 async def get(state: CSState, job_id: str) -> dict[str, Any]:

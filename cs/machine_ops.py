@@ -7,6 +7,8 @@ machine id):
   view (the failover child job's id) and image path;
 - ``failover`` (unplanned): the same with ``mode: unplanned``; the disks go
   ``failover-in-progress`` (at the request) then ``failed-over`` (back to their states if it fails);
+  a test, unplanned or planned failover that fails part-way drops (``view-drop``, best effort) the
+  views it made on some disks before it fails;
 - ``change-point``: every disk's view moved to a new machine point W (chosen as a failover does),
   a ``view-change`` child per disk;
 - ``cleanup`` (of a test failover): a ``view-drop`` child per disk;
@@ -49,6 +51,7 @@ ROUTE_MODES = ("test", "unplanned")  # the modes POST .../failover takes
 REAL = ("unplanned", "planned")  # failovers that put the disks failed-over (and may be committed)
 FINAL = ("succeeded", "failed")
 TIMEOUT_S = 900.0  # an operation waits this long for the MTs' answers
+DROP_TIMEOUT_S = 60.0  # a failed failover waits this long for the drops of the views it made
 PHASE_PERCENT = {"probe": 20.0, "below": 40.0, "failover": 60.0}
 
 
@@ -169,8 +172,46 @@ async def _machine_failover(ctx: JobContext, mode: str, views: dict[str, str] | 
 
     (job,) = await wait_jobs(ctx, [child], phases)
     if job.state != "succeeded":
+        if views is None:  # a new failover: the views some disks made are dropped (a point change keeps its)
+            await _drop_made_views(ctx, job)
         raise errors.Conflict(f"machine failover {child} failed: {job.error}")
     return dict(job.result or {})
+
+
+async def _drop_made_views(ctx: JobContext, machine_job: Job) -> None:
+    """A failed machine failover: a ``view-drop`` for each view its failover phase made (a child
+    that succeeded), waited for at most ``DROP_TIMEOUT_S``. Best effort: a failure is logged, the
+    operation fails as it would have (its error names the machine failover's). The drop jobs are
+    recorded in the params (``drops``), so a CS taking the job over waits for the same ones."""
+    drops: dict[str, str] = ctx.params.get("drops") or {}
+    if not drops:
+        params = machine_job.params or {}
+        if params.get("phase") != "failover":
+            return  # failed before any view was made
+        async with ctx.state.change() as session:
+            for disk_id, child_id in sorted((params.get("children") or {}).items()):
+                made = await session.get(Job, child_id)
+                if made is not None and made.kind == "failover" and made.state == "succeeded":
+                    drops[disk_id] = await runner.submit(session, "view-drop", {"point": {"view": child_id},
+                                                                                "parent": ctx.job_id},
+                                                         target_id=disk_id)
+            if not drops:
+                return
+            job = await session.get(Job, ctx.job_id)
+            if job is not None:
+                job.params = {**(job.params or {}), "drops": drops}
+        ctx.params["drops"] = drops
+    try:
+        jobs = await wait_jobs(ctx, list(drops.values()), timeout_s=DROP_TIMEOUT_S)
+    except runner.LeaseLost:
+        raise
+    except errors.DrlabError as exc:
+        log.error("failover_views_not_dropped", job_id=ctx.job_id, machine_id=ctx.target_id, error=exc.message)
+        return
+    failed = {d: j.error for d, j in zip(drops, jobs, strict=True) if j.state != "succeeded"}
+    if failed:
+        log.error("failover_views_not_dropped", job_id=ctx.job_id, machine_id=ctx.target_id, failed=failed)
+    log.info("failover_views_dropped", job_id=ctx.job_id, machine_id=ctx.target_id, dropped=len(drops) - len(failed))
 
 
 async def restore_states(ctx: JobContext) -> None:

@@ -108,7 +108,8 @@ def failover_outcome(wnum: int, names: dict[str, str], children: dict[str, str],
         accuracies.append(str(point["accuracy"]))
         times.append(int(point.get("t_last_ns") or 0))
         disks.append({"disk_id": disk_id, "name": names.get(disk_id, ""), "job_id": children.get(disk_id),
-                      "image_path": result["image_path"], "point": point})
+                      "image_path": result["image_path"], "point": point,
+                      **({"nbd_url": result["nbd_url"]} if isinstance(result.get("nbd_url"), str) else {})})
     return {"wnum": wnum, "t_ns": max(times, default=0), "accuracy": mp.worst(accuracies), "disks": disks}
 
 

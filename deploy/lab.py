@@ -17,7 +17,7 @@ from typing import Any
 
 from common import errors, tls
 from common import logging as dlog
-from common.config import CSConfig, dump_toml
+from common.config import NBD_PORT, CSConfig, dump_toml, is_loopback
 from deploy.topology import DiskSpec, Node, Topology
 
 log = dlog.get("drlab.lab")
@@ -137,6 +137,8 @@ class Lab:
         elif node.role == "mt":
             data.update(listen_host=node.address, data_port=node.ports["data"],
                         control_port=node.ports["control"], datastore_dir=str(self.datastore(node.site)))
+            if is_loopback(node.address):  # failover views as NBD exports on the MT's own loopback address
+                data["view_nbd_port"] = NBD_PORT
         else:
             data["socket_path"] = str(self.agent_socket(node))
             data["disks"] = [{"name": d.name, "path": str(self.disk_path(node, d.name)),

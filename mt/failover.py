@@ -7,7 +7,9 @@ tests check views against: a sparse copy of the replica rolled back through the 
 Under the disk's apply lock the replica is copied (holes and all-zero 1 MiB blocks are skipped)
 and the batches applied after the point are noted; outside the lock, their undo records are
 written to the copy, newest batch first and each batch's records in reverse order. Replication
-keeps running meanwhile: the journal is append-only, so the noted batches do not change.
+keeps running meanwhile: the journal is append-only, so the noted batches do not change; the
+segments they are in are pinned (under the lock, the point checked still listed) until the copy is
+done, so retention (mt/pruner.py) does not remove them meanwhile.
 Blocking: call from a worker thread.
 
 Machine points (docs/PROTOCOL.md, "Machine points and failover"): ``{"wnum": W}`` is this disk's
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,16 +221,26 @@ def make_image(store: DiskStore, point: Point, dest: Path) -> dict[str, Any]:
     """Build the image of ``point`` at ``dest``; returns the job result (PROTOCOL.md)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
+    owner = f"image:{uuid.uuid4().hex}"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with store.lock:
+        with store.lock:  # retention prunes under this lock, never a pinned segment
+            if store.catalog.get(store.disk_id, point.gen, point.seq) is None:
+                raise errors.NotFound(f"point ({point.gen}, {point.seq}) of disk {store.disk_id} "
+                                      "left the retention window")
             copied = sparse_copy(store.replica.fd, fd, store.replica.size_bytes)
             newer = store.catalog.newer_than(store.disk_id, point.gen, point.seq)
+            store.journal.pin(owner, min((p.segno for p in newer), default=store.journal.segno))
         for p in newer:
             roll_back(fd, read_undo_range(store.journal.path(p.segno), p.undo_off, p.commit_off))
         os.fsync(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         os.close(fd)
+        with store.lock:
+            store.journal.unpin(owner)
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
     log.info("failover_image_ready", disk=store.disk_id, gen=point.gen, seq=point.seq, path=str(dest),

@@ -30,6 +30,7 @@ from common.http import ApiClient, retrying
 from mt.failover import Probe, choose_point, probe
 from mt.settings import Job
 from mt.view import COMMITTING, DiskView, commit, failover_view
+from mt.viewnbd import ViewNbd
 from mt.worker import DiskWorker
 
 log = dlog.get("drlab.mt.jobs")
@@ -53,6 +54,7 @@ class JobRunner:
         self.views: dict[str, DiskView] = {}  # failover job id -> its view, attached to its disk
         self._view_locks: dict[str, asyncio.Lock] = {}  # per disk: its view jobs run one at a time
         self._reattached: set[str] = set()  # disks whose kept views were reopened after the start
+        self.nbd: ViewNbd | None = None  # serves :attr:`views` as NBD exports (mt/viewnbd.py), when enabled
 
     def __repr__(self) -> str:
         return f"JobRunner(done={len(self.done)}, unsent={sorted(self.unsent)}, running={sorted(self._running)})"
@@ -190,10 +192,18 @@ class JobRunner:
         directory = self.data_dir / "views" / job.disk_id / view_id
         old = self.views.pop(view_id, None)
         if old is not None:
+            await self._retire(old)
             await loop.run_in_executor(self._executor, old.close)
         view, result = await loop.run_in_executor(self._executor, failover_view, store, point, directory, dest)
         self.views[view_id] = view
+        if self.nbd is not None:
+            result["nbd_url"] = self.nbd.url(view_id)
         return result
+
+    async def _retire(self, view: DiskView) -> None:
+        """A view that left :attr:`views`: wait for its NBD requests in progress before it is closed."""
+        if self.nbd is not None:
+            await self.nbd.retire(view)
 
     async def _view_job(self, job: Job, worker: DiskWorker) -> dict[str, Any]:
         """``view-drop`` / ``view-commit`` / ``view-change`` of the view a failover job made:
@@ -213,6 +223,7 @@ class JobRunner:
             if not (directory / "meta.json").exists():
                 raise errors.NotFound(f"disk {job.disk_id} has no failover view {view_id}")
             view = await loop.run_in_executor(self._executor, DiskView.open, worker.store, directory)
+        await self._retire(view)
         if job.kind == "view-drop":
             await loop.run_in_executor(self._executor, view.drop)
             return {"disk_id": job.disk_id, "view": view_id, "dropped": True}
@@ -221,6 +232,21 @@ class JobRunner:
         except errors.DrlabError:
             self.views[view_id] = view  # refused (other views): it stays
             raise
+
+    async def release(self, disk_id: str) -> None:
+        """The MT stops holding ``disk_id`` (mt/service.py): its views are detached and closed (their
+        files stay), it is forgotten as reattached, so when it is listed again its kept views are
+        reopened (:meth:`_reattach`) without a restart, and its per-disk lock goes when idle."""
+        loop = asyncio.get_running_loop()
+        for view_id, view in list(self.views.items()):
+            if view.store.disk_id == disk_id:
+                del self.views[view_id]
+                await self._retire(view)
+                await loop.run_in_executor(self._executor, view.close)
+        self._reattached.discard(disk_id)
+        lock = self._view_locks.get(disk_id)
+        if lock is not None and not lock.locked():
+            del self._view_locks[disk_id]
 
     async def stop(self) -> None:
         """Cancel running jobs and detach the views (their files stay: :meth:`DiskView.open`)."""
@@ -232,4 +258,5 @@ class JobRunner:
                 await t
         views, self.views = list(self.views.values()), {}
         for view in views:
+            await self._retire(view)
             await asyncio.get_running_loop().run_in_executor(self._executor, view.close)

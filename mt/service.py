@@ -30,6 +30,7 @@ from mt.ingest import IngestContext, build_control_app, build_data_app
 from mt.jobs import JobRunner
 from mt.pruner import Policy, Pruner, Volume
 from mt.settings import Registry
+from mt.viewnbd import ViewNbd
 from mt.worker import DiskWorker
 
 log = dlog.get("drlab.mt")
@@ -51,6 +52,7 @@ class MTService:
         self._runners: list[web.AppRunner] = []
         self._control: component.ControlPlane | None = None
         self._deleted: set[str] = set()  # disks whose files this run deleted (delete_disks is repeated)
+        self.view_nbd: ViewNbd | None = None  # the views as NBD exports, when cfg.view_nbd_port
 
     def __repr__(self) -> str:
         return f"MTService(id={self.component_id or '?'}, data={self.data_port}, control={self.control_port})"
@@ -72,6 +74,10 @@ class MTService:
         control = self._control
         self.jobs = JobRunner(cfg.data_dir, self.workers.get, self._executor, lambda: control.cs,
                               max_backoff_s=cfg.retry_max_backoff_s)
+        if cfg.view_nbd_port:
+            jobs = self.jobs
+            self.view_nbd = jobs.nbd = ViewNbd.from_config(cfg, lambda: jobs.views, self._executor)
+            await self.view_nbd.start()
         ctx = IngestContext(cfg, self.registry, self.workers, self._executor)
         ssl_ctx = tls.server_context(files)
         data_app = hashapi.install(build_data_app(ctx))  # + GET /v1/disks/{disk}/hashes
@@ -156,10 +162,7 @@ class MTService:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, release.mark, self.cfg.data_dir, disk_id)
         if self.jobs is not None:
-            for view_id, view in list(self.jobs.views.items()):
-                if view.store is worker.store:
-                    del self.jobs.views[view_id]
-                    await loop.run_in_executor(self._executor, view.close)
+            await self.jobs.release(disk_id)
         await worker.stop()
         discarded = await loop.run_in_executor(self._executor, release.discard_staging, self.cfg.data_dir, disk_id)
         log.info("disk_released", disk=disk_id, applied_gen=worker.store.applied[0],
@@ -195,6 +198,9 @@ class MTService:
         for runner in self._runners:
             await runner.cleanup()
         self._runners = []
+        if self.view_nbd is not None:
+            await self.view_nbd.stop()
+            self.view_nbd = None
         if self.jobs is not None:
             await self.jobs.stop()
         if self._control is not None:

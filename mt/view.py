@@ -316,6 +316,12 @@ class DiskView:
         with self.store.lock:  # readers and the apply path use the index under this lock
             self.index.wrote(offset, len(data))
 
+    def flush(self) -> None:
+        """Make the overlay and its log durable (every :meth:`write` already is when it returns; this
+        is for a client's FLUSH). OSError once the view is closed."""
+        for fd in (self._overlay_fd, self._log_fd):
+            os.fsync(fd)
+
     def regions(self) -> list[tuple[int, int]]:
         """Sorted, merged (start, end) regions that may hold data at the view: the replica's data
         regions (a hole in the replica was never written), the overlay's and the undo extents."""

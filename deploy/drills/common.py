@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,3 +136,19 @@ def require_all_dead(lab: Lab, names: list[str]) -> None:
     pids = lab.read_pids()
     living = [n for n in names if n in pids and alive(pids[n])]
     require(not living, f"still running after SIGKILL: {', '.join(living)}")
+
+
+def nbd_workload(url: str, log: Path, seed: int, seconds: float, rate_mb_s: float = 4.0) -> dict[str, Any]:
+    """The workload writing to a failover view over NBD (``agent.workload run --nbd``) to its end;
+    its JSON stats (a failed run fails the step)."""
+    cmd = [sys.executable, "-m", "agent.workload", "run", "--nbd", url, "--log", str(log), "--seed", str(seed),
+           "--rate-mb-s", str(rate_mb_s), "--duration-s", str(seconds), "--hot-region-mib", "4", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    require(proc.returncode == 0, f"the NBD workload failed: {(proc.stdout + proc.stderr)[-1500:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+async def verify_over(base: Path, log: Path, size_bytes: int, wnum: int, image: Path, what: str) -> None:
+    """``image`` = ``base`` + the logged writes up to ``wnum`` (the oracle), or the step fails."""
+    res = await asyncio.to_thread(oracle.verify_over_base, base, log, 0, size_bytes, wnum, image)
+    require(res.ok, f"{what}: the oracle refused {image}: {res.detail}")

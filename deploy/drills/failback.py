@@ -4,15 +4,18 @@
 2. test failover to latest while the workload runs on (oracle at W), then its cleanup;
 3. unplanned failover: the machine is killed mid-workload, then writes are made to its disk that
    never replicate; failover to latest (oracle at W);
-4. commit; the cloud compute host boots the machine's twin on the committed replicas (its disks
-   equal the failover images);
-5. the twin keeps writing; reprotect: it replicates back through the cloud PS to the on-prem MT,
+4. before commit the failed-over machine runs on its views: it writes over NBD into their overlays
+   (the MT serves each view as an NBD export, mt/viewnbd.py);
+5. commit writes each view with its overlay into the replica in place; the cloud compute host boots
+   the machine's twin on the committed replicas (each equals its failover image plus the view
+   writes, by the oracle);
+6. the twin keeps writing; reprotect: it replicates back through the cloud PS to the on-prem MT,
    which adopts the original on-prem disk and resyncs it by checksum — only differing blocks
    travel (the step says how many bytes against the disk's size);
-6. failback, planned: the twin's workload stops, everything drains, the twin shuts down; failover
-   to latest on the on-prem MT equals the twin's disk exactly; commit writes it into the original
-   disk in place;
-7. protect again: the on-prem machine starts on its disk and replicates to the cloud, seeded by the
+7. failback, a planned failover of the twin under load (cs/planned.py): the twin stops taking
+   writes, everything drains, its failover on the on-prem MT equals the twin's disk exactly and
+   holds every acknowledged write; commit writes it into the original disk in place;
+8. protect again: the on-prem machine starts on its disk and replicates to the cloud, seeded by the
    twin's disk (checksum: nothing differs); a test failover there equals its disk exactly.
 """
 
@@ -37,7 +40,7 @@ LOCAL = ("--hot-region-mib", "2", "--overwrite-share", "0.97")
 
 
 async def run(params: dc.DrillParams, say: Any = print) -> int:
-    return await dc.run_drill("failback", params, cycle, 8, say)
+    return await dc.run_drill("failback", params, cycle, 9, say)
 
 
 async def cycle(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, steps: Steps) -> None:
@@ -54,14 +57,18 @@ async def cycle(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, step
         await sc.wait_machine_drained(admin)  # replication went on under the view
         st.verified = (f"image at W {job['result']['wnum']} byte-exact while writes went on; views dropped; "
                        f"all {sc.last_wnum()} writes replicated")
-    twin_images = await unplanned(lab, admin, sc, params, steps)
+    failover = await unplanned(lab, admin, sc, params, steps)
+    view_logs = await run_on_views(lab, sc, failover, params, steps)
     compute = ComputeHost(lab)
     async with steps.step("commit + boot in the cloud") as st:
         job = await dc.run_op(admin, sc.machine_id, "commit")
         twin = await compute.boot(sc.machine, await dc.committed_replicas(admin, job))
-        for name, image in twin_images.items():
-            await dc.same_bytes(image, lab.disk_path(twin, name), f"{twin.name} disk {name}")
-        st.verified = f"{twin.name} booted on the committed replicas, equal to the failover images"
+        for d in failover["result"]["disks"]:
+            log, last = view_logs[d["name"]]
+            await dc.verify_over(Path(d["image_path"]), log, sc.machine.disks[sc.disk_index(d["name"])].size_bytes,
+                                 last, lab.disk_path(twin, d["name"]), f"{twin.name} disk {d['name']}")
+        st.verified = (f"{twin.name} booted on the committed replicas: each equals its failover image plus "
+                       "the writes made to its view (the oracle)")
     cloud = Scenario(lab, params.seed + 1, twin)
     await cloud_writes(cloud, params, steps)
     # where the machine comes back: its own disks, or an alternate machine's new, empty ones
@@ -119,7 +126,25 @@ async def unplanned(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, 
         st.verified = (f"{sc.machine.name} killed; image at W {result['wnum']} byte-exact "
                        f"({sc.last_wnum() - int(result['wnum'])} acknowledged writes after it, and "
                        f"{dc.mib(extra)} written on-premises afterwards, never replicated)")
-        return dc.images(job)
+        return job
+
+
+async def run_on_views(lab: Lab, sc: Scenario, failover: dict[str, Any], params: dc.DrillParams,
+                       steps: Steps) -> dict[str, tuple[Path, int]]:
+    """Before commit the failed-over machine runs on its views: it writes over NBD into their
+    overlays. Per disk: the write log and its last write number."""
+    async with steps.step("the machine runs on its failover views") as st:
+        logs: dict[str, tuple[Path, int]] = {}
+        writes = 0
+        for i, d in enumerate(failover["result"]["disks"]):
+            require("nbd_url" in d, f"disk {d['name']}: the MT serves no NBD export of its view")
+            log = lab.root / f"{sc.machine.name}-view-{d['name']}.log"
+            stats = await asyncio.to_thread(dc.nbd_workload, d["nbd_url"], log, params.seed + 10 + i,
+                                            params.duration_s / 2, params.rate_mb_s)
+            logs[d["name"]] = (log, int(stats["last_wnum"]))
+            writes += int(stats["writes"])
+        st.verified = f"{writes} writes over NBD into the views' overlays ({', '.join(sorted(logs))})"
+        return logs
 
 
 async def cloud_writes(cloud: Scenario, params: dc.DrillParams, steps: Steps) -> None:

@@ -29,6 +29,7 @@ class OpsFleet:
     disks: dict[str, dict[str, str]]  # host id -> {name: disk id}
     latest: int = 30  # every disk's latest point: W
     fail_kinds: set[str] = field(default_factory=set)  # the MT fails jobs of these kinds
+    fail_disks: set[str] = field(default_factory=set)  # ... only those of these disks (empty: of every disk)
     hold: bool = False  # the MT answers nothing while set
     seen: list[dict[str, Any]] = field(default_factory=list)  # every job the MT answered, in order
     _task: asyncio.Task[None] | None = None
@@ -46,14 +47,18 @@ class OpsFleet:
 
     def result(self, job: dict[str, Any]) -> dict[str, Any]:
         point = job["point"]
-        if job["kind"] == "points":
-            return {"disk_id": job["disk_id"], "latest": pt(self.latest, self.latest)}
+        if job["kind"] == "points":  # a listing probe (``recent``) also gets the disk's points
+            listed = {"points": [pt(self.latest, self.latest)]} if isinstance(point, dict) and "recent" in point else {}
+            return {"disk_id": job["disk_id"], "latest": pt(self.latest, self.latest), **listed}
         if job["kind"] in ("failover", "view-change"):
             wnum = (point["to"] if job["kind"] == "view-change" else point)["wnum"]
             return {"image_path": f"/img/{job['job_id']}.img", "disk_id": job["disk_id"], "point": pt(wnum, wnum)}
         if job["kind"] == "view-drop":
             return {"disk_id": job["disk_id"], "view": point["view"], "dropped": True}
         return {"disk_id": job["disk_id"], "replica_path": f"/replica/{job['disk_id']}.img"}
+
+    def fails(self, job: dict[str, Any]) -> bool:
+        return job["kind"] in self.fail_kinds and (not self.fail_disks or job["disk_id"] in self.fail_disks)
 
     async def _serve(self) -> None:
         answered: set[str] = set()
@@ -63,7 +68,7 @@ class OpsFleet:
                 if job["job_id"] in answered or self.hold:
                     continue
                 body = ({"state": "failed", "error": f"{job['kind']} refused by the test"}
-                         if job["kind"] in self.fail_kinds else {"state": "succeeded", "result": self.result(job)})
+                        if self.fails(job) else {"state": "succeeded", "result": self.result(job)})
                 await self.mt.api.post(f"/v1/jobs/{job['job_id']}/result", body)
                 answered.add(job["job_id"])
                 self.seen.append(job)

@@ -12,30 +12,16 @@ from typing import Any
 
 import pytest
 from cshelpers import Enrolled, raw, settings
-from opsfleet import OpsFleet, make_fleet, pt
+from opsfleet import OpsFleet, make_fleet
 
 from common import errors, tls
 
 W = 42
 
 
-def with_listings(f: OpsFleet) -> OpsFleet:
-    """The fleet's MT also answers listing probes (``{"recent": n}``, the drain's) with its points."""
-    answer = f.result
-
-    def result(job: dict[str, Any]) -> dict[str, Any]:
-        out = answer(job)
-        if job["kind"] == "points" and isinstance(job["point"], dict) and "recent" in job["point"]:
-            out["points"] = [pt(f.latest, f.latest)]
-        return out
-
-    setattr(f, "result", result)  # noqa: B010  (an instance's answer, not the shared class's)
-    return f
-
-
 @pytest.fixture
 async def fleet(cs_env: Any, tmp_path: Path) -> AsyncIterator[OpsFleet]:
-    f = with_listings(await make_fleet(cs_env, tmp_path, hosts=("m1", "m2")))
+    f = await make_fleet(cs_env, tmp_path, hosts=("m1", "m2"))  # its MT answers the drain's listing probes
     try:
         yield f
     finally:

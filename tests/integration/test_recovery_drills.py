@@ -32,7 +32,8 @@ async def test_failback_drill_runs_the_whole_cycle(tmp_path: Path) -> None:
     text = "\n".join(lines)
     print(text)
     assert rc == 0, text
-    for step in ("protect", "test failover + cleanup", "unplanned failover", "commit + boot in the cloud",
+    for step in ("protect", "test failover + cleanup", "unplanned failover", "the machine runs on its failover views",
+                 "commit + boot in the cloud",
                  "reprotect", "failback (planned)", "protect again"):
         assert f"| {step}" in text
     assert "exactly the" in text and "differing blocks" in text  # reprotect sent only what differed
