@@ -151,16 +151,7 @@ def _compare_with_doubts(index: LogIndex, disk_index: int, size_bytes: int, wnum
         apply_records(index, disk_index, size_bytes, wnum_hi, fd, with_doubts=True)
         os.close(fd)
         fd = -1
-        with open(without, "rb", buffering=0) as f0, open(tmp, "rb", buffering=0) as f1, \
-                open(image_path, "rb", buffering=0) as fa:
-            offset = 0
-            while True:
-                e0, e1, a = f0.read(block), f1.read(block), fa.read(block)
-                if a not in (e0, e1):
-                    return _first_difference(offset, e0, a)
-                if not a:
-                    return None
-                offset += len(a)
+        return _either(without, Path(tmp), image_path, block)
     finally:
         if fd >= 0:
             os.close(fd)
