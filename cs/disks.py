@@ -178,7 +178,8 @@ async def progress(state: CSState, machine_id: str, disk_id: str, values: Progre
         if values.generation is not None and values.generation != disk.generation:
             return False
         kept = disk.state in FAILOVER_STATES  # the CS's failover operations own these (cs/machine_ops.py)
-        disk.state, disk.percent, disk.bytes_done, disk.bytes_total = (disk.state if kept else values.state,
+        reported = "reprotecting" if values.state == "initial-replication" and disk.replica_path else values.state
+        disk.state, disk.percent, disk.bytes_done, disk.bytes_total = (disk.state if kept else reported,
                                                                        values.percent, values.bytes_done,
                                                                        values.bytes_total)
         if values.generation is not None:

@@ -152,6 +152,23 @@ async def test_seeded_protect_sends_the_path_to_the_mt_and_seeded_to_the_agent(l
     assert "seeded" not in agent_disks[lab.disks["disk1"]]
 
 
+async def test_a_seeded_disk_shows_reprotecting_until_protected(lab: Lab) -> None:
+    """The first generation of a seeded disk compares with an existing disk: the CS shows it as
+    ``reprotecting`` (ARCHITECTURE.md §6), an unseeded one as ``initial-replication``."""
+    await beat(lab.mt, {"datastore_dir": DATASTORE})
+    status, _ = await lab.protect({"seed": {"disk0": DATASTORE + "/vm1/disk0.img"}})
+    assert status == 200
+
+    async def report(name: str, state: str) -> str:
+        body = {"generation": 1, "state": state, "percent": 50.0, "bytes_done": 1, "bytes_total": 2}
+        await lab.agent.api.post(f"/v1/disks/{lab.disks[name]}/progress", body)
+        return next(d["state"] for d in await lab.site.env.admin.disks() if d["disk_id"] == lab.disks[name])
+
+    assert await report("disk0", "initial-replication") == "reprotecting"
+    assert await report("disk1", "initial-replication") == "initial-replication"
+    assert await report("disk0", "protected") == "protected"
+
+
 @pytest.mark.parametrize(("metrics", "body", "status"), [
     ({}, {"seed": {"disk0": DATASTORE + "/d.img"}}, 409),  # the MT reported no datastore
     ({"datastore_dir": DATASTORE}, {"seed": {"disk0": "/srv/elsewhere/d.img"}}, 409),
