@@ -31,6 +31,9 @@ class Lab:
     topology: Topology
     root: Path
 
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).absolute()  # paths in configs and seeds are absolute
+
     @property
     def pids_file(self) -> Path:
         return self.root / "pids.json"
