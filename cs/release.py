@@ -22,11 +22,17 @@ An excluded disk stays out: ``protect`` of its machine leaves it alone (a machin
 starts its initial replication alone) until ``POST /v1/disks/{id}/include`` (its record's
 ``excluded`` flag) protects it again.
 
+Each is a job of the CS job runner (cs/release_jobs.py: ``machine-disable-protection``,
+``disk-exclude``, ``disk-include``); the checks below run at the request, in its transaction (a
+refused request changes nothing and queues no job; 202 means the job is queued), and again in the
+job's first step (something may have changed meanwhile: the job then fails with the message).
+
 Refusals: an unknown machine or disk is 404; a disk or machine with a job in progress is 409 (a
-failover must end first); excluding a disk that is not protected, or the machine's last
-protected disk, is 409 (disable the machine instead). Disabling a machine that is not protected
-is a no-op (200, nothing released), except that ``keep_points: false`` then turns points kept by
-an earlier disable into deletes.
+failover must end first; a queued release job counts); excluding a disk that is not protected,
+or the machine's last protected disk, is 409 (disable the machine instead); including a disk
+that is not excluded is 409. Disabling a machine that is not protected is a no-op (the job
+releases nothing), except that ``keep_points: false`` then turns points kept by an earlier
+disable into deletes.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from cs.state import CSState
 log = dlog.get("drlab.cs.release")
 
 PREFIX = "released_disk:"
+KINDS = {"disable": "machine-disable-protection", "exclude": "disk-exclude", "include": "disk-include"}
 
 
 def parse_body(body: dict[str, Any]) -> bool:
@@ -125,9 +132,11 @@ async def on_enable(session: AsyncSession, disk: Disk, mt_id: str) -> None:
         log.info("kept_points_dropped", disk_id=disk.disk_id, old_mt_id=record.get("mt_id"), mt_id=mt_id)
 
 
-async def _check_idle(session: AsyncSession, ids: list[str]) -> None:
+async def _check_idle(session: AsyncSession, ids: list[str], own: str | None = None) -> None:
+    """409 if one of ``ids`` (machine or disk) has a job in progress other than ``own``."""
     for target in ids:
-        if any(not machines.is_listing_probe(j) for j in await repo.active_jobs_for_disk(session, target)):
+        if any(not machines.is_listing_probe(j) and j.job_id != own
+               for j in await repo.active_jobs_for_disk(session, target)):
             raise errors.Conflict(f"{target} has a job in progress; wait for it or cancel it first")
 
 
@@ -146,23 +155,8 @@ async def _release(session: AsyncSession, disk: Disk, keep_points: bool, exclude
     disk.state, disk.percent, disk.bytes_done, disk.bytes_total = "unprotected", 0.0, 0, 0
 
 
-async def include(state: CSState, disk_id: str) -> dict[str, Any]:
-    """An excluded disk is protected again (with the machine's other disks' PS and MT), or simply
-    no longer excluded when its machine is not protected (the next protect takes it)."""
-    async with state.change() as session:
-        disk = await session.get(Disk, disk_id)
-        if disk is None:
-            raise errors.NotFound(f"no disk {disk_id}")
-        record = await _record(session, disk_id)
-        if not record or not record.get("excluded"):
-            raise errors.Conflict(f"disk {disk_id} is not excluded")
-        await _put(session, disk_id, str(record.get("mt_id")), bool(record.get("keep_points")), False)
-        row = await session.get(Machine, disk.machine_id)
-        machine_id, protected = disk.machine_id, row is not None and row.policy_name is not None
-    if protected:
-        await cs_disks.protect(state, machine_id)
-    async with state.db.read() as session:
-        return await _result(session, machine_id, [], False)
+def _protected(disk: Disk) -> bool:
+    return disk.ps_id is not None or disk.mt_id is not None
 
 
 async def _result(session: AsyncSession, machine_id: str, released: list[str], keep_points: bool) -> dict[str, Any]:
@@ -173,45 +167,102 @@ async def _result(session: AsyncSession, machine_id: str, released: list[str], k
             "disks": [cs_disks.disk_view(d, last.get(d.disk_id)) for d in all_disks]}
 
 
-async def disable(state: CSState, machine_id: str, keep_points: bool) -> dict[str, Any]:
-    """Every protected disk of the machine leaves protection; the machine is no protected item."""
-    async with state.change() as session:
-        await protection.agent_or_404(session, machine_id)
-        all_disks = list(await repo.disks(session, machine_id=machine_id))
-        protected = [d for d in all_disks if d.ps_id is not None or d.mt_id is not None]
-        await _check_idle(session, [machine_id, *(d.disk_id for d in protected)])
-        for disk in protected:
-            await _release(session, disk, keep_points, False)
-        if not keep_points:  # an earlier disable's kept points go too
-            for disk in all_disks:
-                record = await _record(session, disk.disk_id)
-                if disk not in protected and record and record.get("keep_points"):
-                    await _put(session, disk.disk_id, str(record.get("mt_id")), False, bool(record.get("excluded")))
-        row = await session.get(Machine, machine_id)
-        if row is not None:
-            row.policy_name, row.protected_ns, row.updated_ns = None, None, time.time_ns()
-        await session.flush()
-        result = await _result(session, machine_id, [d.disk_id for d in protected], keep_points)
+# -- checks at the request (in the request's transaction: a refusal changes nothing) -------------
+
+async def check_disable(session: AsyncSession, machine_id: str) -> None:
+    """404 unknown machine; 409 a job in progress on it or on one of its protected disks."""
+    await protection.agent_or_404(session, machine_id)
+    protected = [d.disk_id for d in await repo.disks(session, machine_id=machine_id) if _protected(d)]
+    await _check_idle(session, [machine_id, *protected])
+
+
+async def check_exclude(session: AsyncSession, disk_id: str, own: str | None = None) -> Disk:
+    """404 unknown disk; 409 a disk not protected, the machine's last protected disk (a disk
+    whose exclude is queued counts as gone already) or a job in progress."""
+    disk = await session.get(Disk, disk_id)
+    if disk is None:
+        raise errors.NotFound(f"no disk {disk_id}")
+    if not _protected(disk):
+        raise errors.Conflict(f"disk {disk_id} is not protected")
+    others = [d for d in await repo.disks(session, machine_id=disk.machine_id)
+              if d.disk_id != disk_id and _protected(d) and not await _leaving(session, d.disk_id, own)]
+    if not others:
+        raise errors.Conflict(f"disk {disk_id} is the last protected disk of its machine: disable protection "
+                              "of the machine instead")
+    await _check_idle(session, [disk.machine_id, disk_id], own)
+    return disk
+
+
+async def _leaving(session: AsyncSession, disk_id: str, own: str | None) -> bool:
+    jobs = await repo.active_jobs_for_disk(session, disk_id)
+    return any(j.kind == KINDS["exclude"] and j.job_id != own for j in jobs)
+
+
+async def check_include(session: AsyncSession, disk_id: str) -> Disk:
+    """404 unknown disk; 409 a disk not excluded, or a job in progress on it or its machine."""
+    disk = await session.get(Disk, disk_id)
+    if disk is None:
+        raise errors.NotFound(f"no disk {disk_id}")
+    record = await _record(session, disk_id)
+    if not record or not record.get("excluded"):
+        raise errors.Conflict(f"disk {disk_id} is not excluded")
+    await _check_idle(session, [disk.machine_id, disk_id])
+    return disk
+
+
+# -- the settings changes (the first step of their jobs, cs/release_jobs.py) --------------------
+
+async def disable_in(session: AsyncSession, machine_id: str, keep_points: bool,
+                     own: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every protected disk of the machine leaves protection; the machine is no protected item.
+    The result and, for each released disk, the MT that held it."""
+    await protection.agent_or_404(session, machine_id)
+    all_disks = list(await repo.disks(session, machine_id=machine_id))
+    protected = [d for d in all_disks if _protected(d)]
+    await _check_idle(session, [machine_id, *(d.disk_id for d in protected)], own)
+    mts = {d.disk_id: d.mt_id for d in protected if d.mt_id is not None}
+    for disk in protected:
+        await _release(session, disk, keep_points, False)
+    if not keep_points:  # an earlier disable's kept points go too
+        for disk in all_disks:
+            record = await _record(session, disk.disk_id)
+            if disk not in protected and record and record.get("keep_points"):
+                await _put(session, disk.disk_id, str(record.get("mt_id")), False, bool(record.get("excluded")))
+    row = await session.get(Machine, machine_id)
+    if row is not None:
+        row.policy_name, row.protected_ns, row.updated_ns = None, None, time.time_ns()
+    await session.flush()
+    result = await _result(session, machine_id, [d.disk_id for d in protected], keep_points)
     log.info("protection_disabled", machine_id=machine_id, keep_points=keep_points, released=result["released"])
-    return result
+    return result, mts
 
 
-async def exclude(state: CSState, disk_id: str, keep_points: bool) -> dict[str, Any]:
+async def exclude_in(session: AsyncSession, disk_id: str, keep_points: bool,
+                     own: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """One disk leaves protection; the machine's other disks keep replicating."""
-    async with state.change() as session:
-        disk = await session.get(Disk, disk_id)
-        if disk is None:
-            raise errors.NotFound(f"no disk {disk_id}")
-        if disk.ps_id is None and disk.mt_id is None:
-            raise errors.Conflict(f"disk {disk_id} is not protected")
-        others = [d for d in await repo.disks(session, machine_id=disk.machine_id)
-                  if d.disk_id != disk_id and (d.ps_id is not None or d.mt_id is not None)]
-        if not others:
-            raise errors.Conflict(f"disk {disk_id} is the last protected disk of its machine: disable protection "
-                                  "of the machine instead")
-        await _check_idle(session, [disk.machine_id, disk_id])
-        await _release(session, disk, keep_points, True)
-        await session.flush()
-        result = await _result(session, disk.machine_id, [disk_id], keep_points)
+    disk = await check_exclude(session, disk_id, own)
+    mts = {disk_id: disk.mt_id} if disk.mt_id is not None else {}
+    await _release(session, disk, keep_points, True)
+    await session.flush()
+    result = await _result(session, disk.machine_id, [disk_id], keep_points)
     log.info("disk_excluded", disk_id=disk_id, machine_id=disk.machine_id, keep_points=keep_points)
-    return result
+    return result, mts
+
+
+async def include_in(session: AsyncSession, disk_id: str) -> tuple[str, bool]:
+    """The disk is no longer excluded (idempotent); its machine id and whether that machine is
+    protected (then the caller protects the disk: cs/disks.py ``protect``)."""
+    disk = await session.get(Disk, disk_id)
+    if disk is None:
+        raise errors.NotFound(f"no disk {disk_id}")
+    record = await _record(session, disk_id)
+    if record and record.get("excluded"):
+        await _put(session, disk_id, str(record.get("mt_id")), bool(record.get("keep_points")), False)
+    row = await session.get(Machine, disk.machine_id)
+    return disk.machine_id, row is not None and row.policy_name is not None
+
+
+async def result_of(state: CSState, machine_id: str) -> dict[str, Any]:
+    """The machine's disks now (the result of an include)."""
+    async with state.db.read() as session:
+        return await _result(session, machine_id, [], False)

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import time
 from typing import Any
@@ -27,12 +29,16 @@ async def run(params: dc.DrillParams, say: Any = print) -> int:
     return await dc.run_drill("site-loss", params, scenario, 5, say)
 
 
-def kill_site(lab: Lab, site: str) -> list[str]:
-    """SIGKILL every process of the site at once; returns their names."""
+def kill_site(lab: Lab, site: str, others: tuple[int, ...] = ()) -> list[str]:
+    """SIGKILL every process of the site (and ``others``: the workload) in one go — signals first,
+    then the wait, so that none of them outlives another by a batch; returns their names."""
     pids = lab.read_pids()
     victims = [n for n in lab.nodes if n.site == site and n.name in pids and alive(pids[n.name])]
+    for pid in (*others, *(pids[n.name] for n in victims)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     for node in victims:
-        lab.kill_node(node, signal.SIGKILL)
+        lab.kill_node(node, signal.SIGKILL)  # waits until it is gone
     return [n.name for n in victims]
 
 
@@ -44,8 +50,7 @@ async def scenario(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, s
         proc = sc.start_workload(params.rate_mb_s, params.duration_s * 4)
         await asyncio.sleep(params.duration_s)
         lost_at = time.time_ns()
-        proc.kill()
-        killed = kill_site(lab, "onprem")
+        killed = kill_site(lab, "onprem", (proc.pid,))
         proc.communicate()
         dc.require_all_dead(lab, killed)
         st.verified = f"SIGKILL to {', '.join(killed)} and the workload; CS and cloud MT alone remain"
