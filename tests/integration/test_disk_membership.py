@@ -2,7 +2,9 @@
 of two (its MT files go, the other disk keeps replicating and a machine failover covers it alone,
 byte for byte by the oracle); add a disk (the agent restarted with a third disk: it reaches
 protected alone and the machine's failover covers it); disable keeping the points (the MT keeps
-replica, journal and points; enabling again resumes on them), then disable without (files gone)."""
+replica, journal and points; enabling again resumes on them), then disable without (files gone).
+Each of exclude and disable is a job (cs/release_jobs.py) that ends once the MT's heartbeat no
+longer lists the released disks."""
 
 from __future__ import annotations
 
@@ -79,8 +81,8 @@ async def test_exclude_add_and_disable(lab2: tuple[Lab, int], tmp_path: Path, se
             d0, d1 = sc.disk_ids["disk0"], sc.disk_ids["disk1"]
             assert mt_files(lab, d1)
 
-            out = await api.post(f"/v1/disks/{d1}/exclude", {})
-            assert out["released"] == [d1]
+            out = await run_job(api, admin, f"/v1/disks/{d1}/exclude", {})
+            assert out["released"] == [d1] and out["mt_release"] == {d1: "released"}  # its real MT's heartbeat
             await until("the excluded disk's MT files deleted", 30, lambda: _none(mt_files(lab, d1)))
             assert catalog_points(lab, d1) == 0
             sc.disk_ids = {"disk0": d0}  # the machine is its remaining disk now
@@ -105,8 +107,9 @@ async def test_exclude_add_and_disable(lab2: tuple[Lab, int], tmp_path: Path, se
 
             # disable keeping the points: the MT keeps them; enabling again resumes on them
             before = catalog_points(lab, d0)
-            out = await api.post(f"/v1/machines/{sc.machine_id}/disable-protection", {"keep_points": True})
+            out = await run_job(api, admin, f"/v1/machines/{sc.machine_id}/disable-protection", {"keep_points": True})
             assert sorted(out["released"]) == sorted([d0, d2]) and out["protection_state"] == "unprotected"
+            assert out["mt_release"] == {d0: "released", d2: "released"}
             mt = lab.topology.mts[0]
             mt_api = ApiClient(f"https://{mt.address}:{mt.ports['control']}", tls.client_context(lab.admin_files))
             try:
@@ -121,12 +124,22 @@ async def test_exclude_add_and_disable(lab2: tuple[Lab, int], tmp_path: Path, se
             assert resync["mode"] == "checksum"  # compared against the kept replica
             assert catalog_points(lab, d0) > before  # the old points and the new ones
 
-            out = await api.post(f"/v1/machines/{sc.machine_id}/disable-protection", {"keep_points": False})
+            out = await run_job(api, admin, f"/v1/machines/{sc.machine_id}/disable-protection", {"keep_points": False})
             assert sorted(out["released"]) == sorted([d0, d2])
             await until("every MT file deleted", 30, lambda: _none(mt_files(lab, d0) + mt_files(lab, d2)))
             assert catalog_points(lab, d0) == catalog_points(lab, d2) == 0
     finally:
         await api.close()
+
+
+async def run_job(api: ApiClient, admin: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``path`` (202, a job), wait for the job: its result (it must succeed, steps in order)."""
+    status, reply = await api.request("POST", path, json_body=body)
+    assert status == 202, reply
+    job = await admin.wait_job(reply["job_id"], timeout_s=60.0, poll_s=0.2)
+    assert job["state"] == "succeeded", job
+    assert [s["name"] for s in job["steps"]] == ["released", "MT released"]
+    return dict(job["result"])
 
 
 async def _none(items: list[Any]) -> bool:
