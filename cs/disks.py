@@ -250,6 +250,9 @@ async def protect(state: CSState, machine_id: str, policy: str | None = None,
         disks = list(await repo.disks(session, machine_id=machine_id))
         if not disks:
             raise errors.Conflict(f"machine {machine_id} has reported no disks")
+        going = await release.going(session, [machine_id, *(d.disk_id for d in disks)], ("disable", "exclude"))
+        if going is not None:
+            raise errors.Conflict(f"machine {machine_id} has a disable or exclude job in progress (job {going})")
         ps_id, mt_id = await _targets(session, machine, disks, request)
         mt = targets.named(await session.get(Component, mt_id), mt_id, "mt")
         targets.check_seed(request.seed, [d.name for d in disks], mt)

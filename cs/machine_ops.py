@@ -33,7 +33,7 @@ from sqlalchemy import select
 from common import errors
 from common import logging as dlog
 from cs import disks as disk_ops
-from cs import machines, protection, runner
+from cs import machines, protection, release, runner
 from cs.db import meta, repo
 from cs.db.models import Disk, Job
 from cs.runner import JobContext
@@ -100,6 +100,8 @@ async def request(session: Any, op: str, machine_id: str, point: Any = "latest")
     going = (await session.scalars(select(Job.job_id).where(
         Job.disk_id == machine_id, Job.kind.in_((*KINDS, machines.MACHINE_KIND)),
         Job.state.in_(repo.ACTIVE_JOB_STATES)))).first()
+    going = going or await release.going(session, [machine_id, *(
+        d.disk_id for d in await repo.disks(session, machine_id=machine_id))])
     if going is not None:
         raise errors.Conflict(f"machine {machine_id} has an operation in progress (job {going})")
     now = await current(session, machine_id)

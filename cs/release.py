@@ -266,3 +266,15 @@ async def result_of(state: CSState, machine_id: str) -> dict[str, Any]:
     """The machine's disks now (the result of an include)."""
     async with state.db.read() as session:
         return await _result(session, machine_id, [], False)
+
+
+async def going(session: AsyncSession, target_ids: list[str],
+                ops: tuple[str, ...] = ("disable", "exclude", "include")) -> str | None:
+    """The id of a release job (of ``ops``) queued or running on any of the targets (a machine id
+    or disk ids), else None: other operations wait for it (409)."""
+    kinds = {KINDS[op] for op in ops}
+    for target in target_ids:
+        for job in await repo.active_jobs_for_disk(session, target):
+            if job.kind in kinds:
+                return job.job_id
+    return None

@@ -262,6 +262,10 @@ async def test_exclude_waits_for_the_mt_heartbeat(lab: Lab, monkeypatch: pytest.
     assert ids(await lab.doc(lab.mt)) == {d0}  # the settings changed at the first step
     status, body = await lab.call(f"/v1/disks/{d1}/include")  # a job is in progress on the disk
     assert status == 409 and "job in progress" in body["message"]
+    for path, body in ((f"/v1/machines/{lab.machine_id}/test-failover", {}),  # a failover waits for it
+                       (f"/v1/machines/{lab.machine_id}/protect", {})):  # and so does a protect
+        status, reply2 = await lab.call(path, body)
+        assert status == 409 and reply["job_id"] in reply2["message"], reply2
     await lab.heartbeat([d0, d1])  # the MT still holds it
     await asyncio.sleep(0.3)
     assert (await lab.site.env.admin.job(reply["job_id"]))["state"] == "running"
