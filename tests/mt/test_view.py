@@ -14,7 +14,8 @@ from mtbatches import DISK_SIZE, BatchMaker
 from common.wire import batch as wbatch
 from mt.apply import DiskStore
 from mt.catalog import Catalog, Point
-from mt.view import DiskView, ExtentMap, laid_out, undo_records
+from mt.extents import ExtentMap
+from mt.view import DiskView, laid_out, undo_records
 
 DISK = "cd" * 16
 SMALL = 1 << 16
