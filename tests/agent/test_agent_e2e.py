@@ -98,8 +98,9 @@ async def test_replica_equals_the_source_after_replication_and_writes(site: Site
     await wait_until(lambda: s.agent.disk_status("disk0")["acked_seq"] >= last, 20, "all batches at the PS")
     assert s.agent.disk_status("disk0")["generation"] == 1
     await wait_until(lambda: s.replica() == s.cfg.disks[0].path.read_bytes(), 30, "replica equal to the source")
-    states = s.cs.states(s.cs.disks["disk0"])
-    assert states[0] == "initial-replication" and states[-1] == "protected"
+    # the CS hears "protected" at the agent's next progress report (it may lag the agent's own state)
+    await wait_until(lambda: s.cs.states(s.cs.disks["disk0"])[-1:] == ["protected"], 10, "protected reported")
+    assert s.cs.states(s.cs.disks["disk0"])[0] == "initial-replication"
 
 
 async def write_random(path: Path, first: int, count: int, seed: int) -> None:
