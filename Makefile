@@ -21,6 +21,8 @@ system-deps:
 	@# PostgreSQL: the [postgresql] CS tests run a throwaway server of their own (tests/pgserver.py)
 	@(ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null) || \
 		(apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+	@# the dashboard's end-to-end test drives Debian's chromium with Playwright (no browser download)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 demo: $(STAMP)
 	$(BIN)/drlab demo

@@ -1,6 +1,10 @@
 """structlog setup: JSON lines to a file per daemon, readable lines on a terminal.
 
-Keys that could carry a secret are redacted before any renderer sees them.
+Keys that could carry a secret are redacted before any renderer sees them. Every event carries
+``component``: the daemon of the logger's name (``drlab.<role>.*``: cs, ps, mt, agent), else the
+one given to :func:`setup` (events from worker threads too, where context variables are not seen).
+Events about a disk's batch carry ``disk``, ``gen`` and ``seq`` (bound by the PS ingest and upload
+pipelines and the MT ingest and apply workers).
 """
 
 from __future__ import annotations
@@ -22,10 +26,35 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+ROLES = frozenset({"cs", "ps", "mt", "agent"})
+
+
+def component_of(logger_name: str) -> str | None:
+    """``drlab.ps.uploader`` -> ``ps``; None for a logger of no daemon (``drlab.http``)."""
+    parts = logger_name.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "drlab" and parts[1] in ROLES else None
+
+
+def _by_logger(logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    role = component_of(str(getattr(logger, "name", "") or event.get("logger", "") or ""))
+    if role is not None:
+        event.setdefault("component", role)
+    return event
+
+
+def _default_component(component: str) -> Any:
+    def processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("component", component)
+        return event
+    return processor
+
+
 def setup(component: str, log_file: Path | None = None, level: int = logging.INFO) -> None:
     """Route structlog through stdlib logging: JSON to ``log_file``, console text to stderr."""
     pre_chain: list[Any] = [
+        _by_logger,  # before the context's component: several daemons may share a process (tests)
         structlog.contextvars.merge_contextvars,
+        _default_component(component),
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,

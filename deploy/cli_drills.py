@@ -1,14 +1,26 @@
-"""`drlab drill failback | site-loss`: the recovery drills in a lab of their own (deploy/drills/)."""
+"""`drlab drill failback | site-loss | failover | ps-switch`: the drills in a lab of their own
+(deploy/drills/), each step printed with what it verified."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 from typing import Any
 
+# drill name -> (module in deploy/drills/, help)
+DRILLS = {
+    "failback": ("failback", "protect, test failover, unplanned failover, commit, reprotect, failback, "
+                             "protect again — each step verified"),
+    "site-loss": ("siteloss", "kill every on-prem process, fail over from the cloud side alone"),
+    "failover": ("failover", "test failover to latest, to a point in time, to latest-app-consistent (a bookmark), "
+                             "then a planned failover — each checked by the oracle"),
+    "ps-switch": ("psswitch", "switch the machine to another PS under load, then balance it back with that PS "
+                              "killed — needs a topology with two on-prem PSs"),
+}
+
 
 def cmd_drill(args: argparse.Namespace) -> int:
-    from deploy.drills import failback, siteloss
     from deploy.drills.common import DrillParams
 
     params = DrillParams(root=Path(args.drill_dir or f".lab/drill-{args.drill}"), topology=Path(args.topology),
@@ -16,16 +28,14 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if args.seed is not None:
         params.seed = args.seed
     params.alternate = bool(getattr(args, "alternate", False))
-    module = failback if args.drill == "failback" else siteloss
-    return module.main(params)
+    module = importlib.import_module(f"deploy.drills.{DRILLS[args.drill][0]}")
+    return int(module.main(params))
 
 
 def add_parsers(sub: Any) -> None:
-    drill = sub.add_parser("drill", help="recovery drills in a lab of their own (every daemon a process)")
+    drill = sub.add_parser("drill", help="drills in a lab of their own (every daemon a process)")
     dsub = drill.add_subparsers(dest="drill", required=True)
-    for name, text in (("failback", "protect, test failover, unplanned failover, commit, reprotect, failback, "
-                                    "protect again — each step verified"),
-                       ("site-loss", "kill every on-prem process, fail over from the cloud side alone")):
+    for name, (_, text) in DRILLS.items():
         p = dsub.add_parser(name, help=text)
         p.add_argument("--drill-dir", default=None, help="lab directory (default: .lab/drill-NAME)")
         p.add_argument("--duration-s", type=float, default=6.0, help="length of each workload phase")

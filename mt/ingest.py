@@ -1,5 +1,5 @@
 """The MT's two apps: data (HTTPS 9443, PS certificates: sealed batches in) and control
-(HTTPS 9080: status for the PS and admins, recovery points for admins).
+(HTTPS 9080: status for the PS and admins, recovery points and `/metrics` for admins).
 
 Order of checks for a PUT: certificate and role -> disk held here (404) and served by the
 caller PS, or by a PS still draining it after a PS switch (403) -> generation not stale (409)
@@ -18,13 +18,14 @@ from typing import Any
 
 from aiohttp import web
 
-from common import errors
+from common import errors, promexport
 from common import logging as dlog
 from common.config import MTConfig
 from common.http import make_app, read_body, require_role
 from common.tls import Identity
 from common.wire import batch as wbatch
 from common.wire import seal
+from mt import prom
 from mt.settings import DiskSettings, Registry
 from mt.worker import DiskWorker
 
@@ -56,6 +57,7 @@ def build_control_app(ctx: IngestContext) -> web.Application:
     app[CONTEXT] = ctx
     app.router.add_get("/v1/disks/{disk_id}/status", get_status)
     app.router.add_get("/v1/disks/{disk_id}/points", get_points)
+    app.router.add_get("/metrics", get_metrics)  # Prometheus (mt/prom.py): the admin certificate
     return app
 
 
@@ -155,3 +157,14 @@ async def get_points(request: web.Request) -> web.Response:
     items = await asyncio.get_running_loop().run_in_executor(ctx.executor, worker.store.catalog.listing,
                                                              disk_id, limit, tag)
     return web.json_response({"items": items})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """The MT's series in the Prometheus text format (mt/prom.py); admin certificate only. Collected
+    in a worker thread (the catalog is read) from the disks held at the moment of the request."""
+    ctx = request.app[CONTEXT]
+    require_role(request, "admin")
+    workers = dict(ctx.workers)  # on the loop: settings may add or release disks meanwhile
+    registry = promexport.new_registry(lambda: prom.families(workers, ctx.registry))  # this scrape's own
+    body = await asyncio.get_running_loop().run_in_executor(ctx.executor, promexport.render, registry)
+    return promexport.response(body)

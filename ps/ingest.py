@@ -1,4 +1,5 @@
-"""The PS data app (HTTPS 9443): agents PUT change batches; nothing is cached on any error.
+"""The PS data app (HTTPS 9443): agents PUT change batches; nothing is cached on any error. Admins
+scrape `GET /metrics` (ps/prom.py).
 
 Order of checks for a PUT: certificate and role (middleware + agent role) -> the disk is served
 here and belongs to the caller's machine (404 / 403) -> not draining (503: it moved to another
@@ -14,17 +15,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from common import errors
+from common import errors, promexport
 from common import logging as dlog
 from common.config import PSConfig
 from common.http import make_app, read_body, require_role
 from common.tls import Identity
 from common.wire import batch as wbatch
+from ps import prom
 from ps.cache import BatchCache
 from ps.state import DiskSettings, Registry
 
@@ -41,9 +43,15 @@ class IngestContext:
     executor: Executor | None
     on_stored: Callable[[str], None]
     refresh_settings: Callable[[], Awaitable[None]] | None = None
+    received: dict[str, tuple[int, int]] = field(default_factory=dict)  # disk -> new (batches, bytes) cached
+
+    def count_received(self, disk_id: str, nbytes: int) -> None:
+        batches, total = self.received.get(disk_id, (0, 0))
+        self.received[disk_id] = (batches + 1, total + nbytes)
 
 
 CONTEXT: web.AppKey[IngestContext] = web.AppKey("ps_ingest", IngestContext)
+METRICS = web.AppKey("ps_metrics", promexport.CollectorRegistry)
 
 
 def build_app(ctx: IngestContext) -> web.Application:
@@ -51,6 +59,8 @@ def build_app(ctx: IngestContext) -> web.Application:
     app[CONTEXT] = ctx
     app.router.add_put("/v1/disks/{disk_id}/batches/{gen}/{seq}", put_batch)
     app.router.add_get("/v1/disks/{disk_id}/status", get_status)
+    app[METRICS] = promexport.new_registry(lambda: prom.families(ctx.registry, ctx.cache, ctx.received))
+    app.router.add_get("/metrics", get_metrics)  # Prometheus (ps/prom.py): the admin certificate
     return app
 
 
@@ -115,6 +125,7 @@ async def put_batch(request: web.Request) -> web.Response:
     ctx.registry.progress_of(disk_id).stored(gen, seq)
     if created:
         log.debug("batch_cached", disk=disk_id, gen=gen, seq=seq, bytes=len(body))
+        ctx.count_received(disk_id, len(body))
         ctx.on_stored(disk_id)
     return web.json_response(ack(ctx, disk_id, gen, seq), status=201 if created else 200)
 
@@ -141,3 +152,9 @@ async def get_status(request: web.Request) -> web.Response:
     disk_id = parse_disk_id(request.match_info["disk_id"])
     await served_disk(ctx, disk_id, ident)
     return web.json_response(status_of(ctx, disk_id))
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """The PS's series in the Prometheus text format (ps/prom.py); admin certificate only."""
+    require_role(request, "admin")
+    return promexport.response(promexport.render(request.app[METRICS]))

@@ -1,2 +1,2 @@
 """Drills: whole scenarios run against the process lab, printing each step with what it verified
-and how long it took (`drlab drill failback`, `drlab drill site-loss`)."""
+and how long it took (`drlab drill failback | site-loss | failover | ps-switch`)."""
