@@ -137,9 +137,18 @@ def cmd_protect(args: argparse.Namespace) -> int:
         if bad:
             raise errors.BadRequest(f"--seed takes DISK=PATH, not {bad[0]!r}")
         targets["seed"] = {name: path for name, _, path in pairs}
-    out = _admin_call(args, lambda a: a.protect(args.machine_id, policy=args.policy, **targets))
-    print(json.dumps(out, indent=2))
-    return 0
+    if not args.wait:
+        out = _admin_call(args, lambda a: a.protect(args.machine_id, policy=args.policy, **targets))
+        print(json.dumps(out, indent=2))
+        return 0
+
+    async def go(admin: Any) -> int:  # follow the initial replication until every disk is protected
+        from deploy.cli_progress import follow_protect
+
+        disks = await admin.protect(args.machine_id, policy=args.policy, **targets)
+        return await follow_protect(admin.disks, [d["disk_id"] for d in disks], args.timeout_s, as_json=args.json)
+
+    return int(_admin_call(args, go))
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
@@ -350,7 +359,10 @@ def _bookmark_parsers(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="drlab", description="drlab: continuous block-level disaster recovery")
+    from deploy.cli_progress import EXIT_CODES_HELP
+
+    p = argparse.ArgumentParser(prog="drlab", description="drlab: continuous block-level disaster recovery",
+                                epilog=EXIT_CODES_HELP)
     p.add_argument("--topology", default=str(DEFAULT_TOPOLOGY), help="lab topology file")
     p.add_argument("--dir", default=str(DEFAULT_LAB), help="lab directory (state, configs, logs)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -407,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--mt", default=None, help="master target id (default: the least loaded outside its site)")
     pr.add_argument("--seed", action="append", default=[], metavar="DISK=PATH",
                     help="adopt an existing disk in the MT's datastore as DISK's replica (reprotect, failback)")
+    pr.add_argument("--wait", action="store_true",
+                    help="follow the initial replication until every disk is protected (exit 3 on timeout)")
+    pr.add_argument("--timeout-s", type=float, default=3600.0, help="how long --wait waits")
     pr.set_defaults(func=cmd_protect)
     fo = sub.add_parser("failover", help="fail a disk (or a machine: --machine) over to a recovery point")
     fo.add_argument("disk_id", nargs="?", default=None)

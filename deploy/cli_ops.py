@@ -2,16 +2,16 @@
 
 ``drlab machine test-failover|cleanup|failover|change-point|commit MACHINE [--point ...] [--wait]``,
 ``drlab plan failover NAME [--test] [--point ...] [--wait]``, ``drlab plan cleanup NAME [--wait]``
-and ``drlab job resume ID``. With ``--wait`` the job's steps are printed as they are recorded and
-the exit status is 0 only if it succeeded; without, the job id is printed.
+and ``drlab job resume ID``. With ``--wait`` the job is followed (deploy/cli_progress.py: a progress
+bar on a terminal, its steps otherwise, then a summary table or ``--json`` the job) and the exit
+status is 0 if it succeeded, 1 if it failed, 3 if it did not end in ``--timeout-s``; without, the
+job id is printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import time
 from typing import Any
 
 from common import errors
@@ -25,7 +25,6 @@ MACHINE_OPS = {"test-failover": ("test-failover", "test failover: a view of ever
                "change-point": ("change-point", "move the machine's failover to another point (before commit)"),
                "commit": ("commit", "commit the machine's unplanned or planned failover")}
 WITH_POINT = ("test-failover", "failover", "change-point")
-FINAL = ("succeeded", "failed")
 
 
 def point_of(args: argparse.Namespace) -> Any:
@@ -37,39 +36,10 @@ def point_of(args: argparse.Namespace) -> Any:
     return args.point
 
 
-async def follow(api: Any, job_id: str, timeout_s: float, out: Any = print) -> dict[str, Any]:
-    """Print the job's new steps until it is final; the final job."""
-    deadline, shown = time.monotonic() + timeout_s, 0
-    while True:
-        job = dict(await api.get(f"/v1/jobs/{job_id}"))
-        steps = job.get("steps") or []
-        for s in steps[shown:]:
-            pct = f" {s['percent']:.0f}%" if "percent" in s else ""
-            out(f"step{pct}: {s['name']}" + (f" ({s['detail'][:200]})" if s.get("detail") else ""))
-        shown = len(steps)
-        if job["state"] in FINAL:
-            return job
-        if time.monotonic() > deadline:
-            raise errors.Unavailable(f"job {job_id} still {job['state']} after {timeout_s:.0f} s")
-        await asyncio.sleep(0.5)
-
-
 def _run(args: argparse.Namespace, path: str, body: dict[str, Any]) -> int:
-    from deploy.cli import _admin_api
+    from deploy.cli_progress import run_job
 
-    async def go(api: Any) -> Any:
-        job_id = str((await api.post(path, body))["job_id"])
-        if not args.wait:
-            return {"job_id": job_id}
-        print(f"job {job_id}")
-        return await follow(api, job_id, args.timeout_s)
-
-    job = _admin_api(args, go)
-    if not args.wait:
-        print(job["job_id"])
-        return 0
-    print(json.dumps({k: job.get(k) for k in ("job_id", "kind", "state", "result", "error")}, indent=2))
-    return 0 if job.get("state") == "succeeded" else 1
+    return run_job(args, path, body)
 
 
 def cmd_machine_op(args: argparse.Namespace) -> int:
@@ -114,7 +84,7 @@ def _waiting(p: argparse.ArgumentParser, point: bool) -> None:
         p.add_argument("--point", default="latest", help="latest, latest-processed, ... (default latest)")
         p.add_argument("--wnum", type=int, default=None, help="a machine point: write number W")
         p.add_argument("--time-ns", type=int, default=None, help="the machine point at a time")
-    p.add_argument("--wait", action="store_true", help="follow the job's steps until it ends")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends (exit 1: failed, 3: timeout)")
     p.add_argument("--timeout-s", type=float, default=1800.0)
 
 

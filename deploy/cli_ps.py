@@ -1,18 +1,14 @@
 """``drlab ps switch|balance``: move every machine of a process server, or the machines named, to
-another PS as a CS job (cs/switch_jobs.py), and optionally wait for it, showing its steps."""
+another PS as a CS job (cs/switch_jobs.py), and optionally wait for it (deploy/cli_progress.py:
+a progress bar or its steps, then a summary; exit 1 if it failed, 3 if ``--timeout-s`` passed)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
-import time
 from typing import Any
 
 from common import errors
-
-FINAL = ("succeeded", "failed")
 
 
 def _api(args: argparse.Namespace, fn: Any) -> Any:
@@ -35,42 +31,30 @@ def body_of(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-async def _submit_and_wait(api: Any, path: str, body: dict[str, Any], wait: bool, timeout_s: float,
-                           quiet: bool) -> dict[str, Any]:
-    job_id = str((await api.post(path, body))["job_id"])
-    if not wait:
-        return {"job_id": job_id, "state": "queued"}
-    deadline, shown = time.monotonic() + timeout_s, 0
-    while True:
-        job = dict(await api.get(f"/v1/jobs/{job_id}"))
-        steps = job.get("steps") or []
-        for step in steps[shown:]:
-            if not quiet:
-                print(f"  {step.get('percent', '')!s:>5} % {step['name']} {step.get('detail', '')}", file=sys.stderr)
-        shown = len(steps)
-        if job["state"] in FINAL:
-            return job
-        if time.monotonic() > deadline:
-            raise errors.Unavailable(f"job {job_id} still {job['state']} after {timeout_s:.0f} s")
-        await asyncio.sleep(0.5)
+def headline(job: dict[str, Any]) -> list[str]:
+    """The moves of a succeeded switch job, above the summary table (pure)."""
+    result = job.get("result") or {}
+    if job.get("state") != "succeeded":
+        return []
+    return [f"{len(result.get('moves', []))} disk(s) moved, mode {result.get('mode')}, "
+            f"regenerated {len(result.get('regenerated', []))}"]
+
+
+async def _submit(api: Any, args: argparse.Namespace, path: str) -> int:
+    from deploy.cli_progress import follow_job
+
+    job_id = str((await api.post(path, body_of(args)))["job_id"])
+    if not args.wait:
+        print(json.dumps({"job_id": job_id, "state": "queued"}, indent=2) if args.json
+              else f"job {job_id} queued (--wait to follow it, or GET /v1/jobs/ID)")
+        return 0
+    return await follow_job(api, job_id, args.timeout_s, as_json=args.json, headline=headline)
 
 
 def _run(args: argparse.Namespace, kind: str) -> int:
     if kind == "balance" and not args.machines:
         raise errors.BadRequest("name the machines to move (--machine ID, repeatable)")
-    path = f"/v1/ps/{args.ps_id}/{kind}"
-    job = _api(args, lambda api: _submit_and_wait(api, path, body_of(args), args.wait, args.timeout_s, args.json))
-    if args.json:
-        print(json.dumps(job, indent=2))
-    elif job["state"] == "queued":
-        print(f"job {job['job_id']} queued (drlab --json ... to follow it with GET /v1/jobs/ID)")
-    else:
-        result = job.get("result") or {}
-        moved = len(result.get("moves", []))
-        print(f"job {job['job_id']} {job['state']}"
-              + (f": {moved} disk(s) moved, mode {result.get('mode')}, regenerated {len(result.get('regenerated', []))}"
-                 if job["state"] == "succeeded" else f": {job.get('error')}"))
-    return 0 if job["state"] in ("queued", "succeeded") else 1
+    return int(_api(args, lambda api: _submit(api, args, f"/v1/ps/{args.ps_id}/{kind}")))
 
 
 def cmd_switch(args: argparse.Namespace) -> int:

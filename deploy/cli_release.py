@@ -1,13 +1,13 @@
 """``drlab machine disable MACHINE [--keep-points] [--wait]``, ``drlab disk exclude DISK
 [--keep-points] [--wait]``, ``drlab disk include DISK [--wait]``: a disk leaves protection, or comes
 back (cs/release.py), each a job of the CS (cs/release_jobs.py). Without ``--wait`` the job id is
-printed; with it the job's steps as they are recorded, then the machine's disks (or the job as
-JSON with ``--json``), and the exit status is 0 only if the job succeeded."""
+printed; with it the job is followed (deploy/cli_progress.py: a progress bar or its steps, then the
+summary and a table of the machine's disks, or the job as JSON with ``--json``); the exit status
+is 0 if the job succeeded, 1 if it failed, 3 if it did not end in ``--timeout-s``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 
@@ -27,27 +27,19 @@ def summary(job: dict[str, Any]) -> list[str]:
     return lines
 
 
+def headline(job: dict[str, Any]) -> list[str]:
+    """What the summary table (deploy/cli_progress.py) does not show: the machine's protection
+    state, how many disks left, and the MT's notes (pure)."""
+    if job.get("state") != "succeeded" or not job.get("result"):
+        return []
+    notes = (job["result"].get("mt_release") or {}).items()
+    return summary(job)[:1] + [f"  MT on {disk_id}: {note}" for disk_id, note in sorted(notes)]
+
+
 def _post(args: argparse.Namespace, path: str, body: dict[str, Any] | None) -> int:
-    from deploy.cli import _admin_api
-    from deploy.cli_ops import follow
+    from deploy.cli_progress import run_job
 
-    async def go(api: Any) -> dict[str, Any]:
-        job_id = str((await api.post(path, body))["job_id"])
-        if not args.wait:
-            return {"job_id": job_id}
-        if not args.json:
-            print(f"job {job_id}")
-        return await follow(api, job_id, args.timeout_s, out=(lambda _: None) if args.json else print)
-
-    job = _admin_api(args, go)
-    if not args.wait:
-        print(json.dumps(job) if args.json else job["job_id"])
-        return 0
-    if args.json:
-        print(json.dumps(job, indent=2))
-    else:
-        print("\n".join(summary(job)))
-    return 0 if job.get("state") == "succeeded" else 1
+    return run_job(args, path, body, headline=headline)
 
 
 def cmd_machine_disable(args: argparse.Namespace) -> int:
@@ -63,7 +55,7 @@ def cmd_disk_include(args: argparse.Namespace) -> int:
 
 
 def _waiting(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wait", action="store_true", help="follow the job's steps until it ends")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends (exit 1: failed, 3: timeout)")
     p.add_argument("--timeout-s", type=float, default=600.0)
 
 

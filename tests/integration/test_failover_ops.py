@@ -64,8 +64,8 @@ def drlab(lab: Lab, *args: str) -> str:
 
 
 def job_of(out: str) -> dict[str, Any]:
-    """The final JSON the CLI prints after the steps of a job it waited for."""
-    return dict(json.loads(out[out.index("\n{") + 1:]))
+    """The job the CLI prints with ``--json`` after waiting for it (deploy/cli_progress.py)."""
+    return dict(json.loads(out))
 
 
 @pytest.mark.timeout(240)
@@ -123,12 +123,12 @@ async def test_failover_operations_and_a_recovery_plan(lab2: Lab, seed: int, tmp
         assert clean["state"] == "succeeded", clean
 
         # an unplanned failover of m2 and its commit, through the CLI
-        out = drlab(lab, "machine", "failover", sc2.machine_id, "--wait", "--timeout-s", "90")
+        out = drlab(lab, "--json", "machine", "failover", sc2.machine_id, "--wait", "--timeout-s", "90")
         assert "step" in out and "failed over" in out
         unplanned = await verified(sc2, job_of(out), "unplanned failover")
         disk2 = sc2.disk_ids["disk0"]
         assert {d["state"] for d in await admin.disks() if d["disk_id"] == disk2} == {"failed-over"}
-        committed = job_of(drlab(lab, "machine", "commit", sc2.machine_id, "--wait", "--timeout-s", "90"))
+        committed = job_of(drlab(lab, "--json", "machine", "commit", sc2.machine_id, "--wait", "--timeout-s", "90"))
         assert committed["state"] == "succeeded", committed
         replica = Path(committed["result"]["disks"][0]["result"]["replica_path"])
         res = await asyncio.to_thread(oracle.verify, sc2.log_path, 0, DISK_MIB << 20, unplanned.wnum, replica)
