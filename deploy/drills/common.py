@@ -152,3 +152,24 @@ async def verify_over(base: Path, log: Path, size_bytes: int, wnum: int, image: 
     """``image`` = ``base`` + the logged writes up to ``wnum`` (the oracle), or the step fails."""
     res = await asyncio.to_thread(oracle.verify_over_base, base, log, 0, size_bytes, wnum, image)
     require(res.ok, f"{what}: the oracle refused {image}: {res.detail}")
+
+
+async def protect_step(admin: Any, sc: Scenario, steps: Steps) -> None:
+    """The drills' first step: the machine protected, its initial replication done."""
+    async with steps.step("protect") as st:
+        seconds = await sc.protect(admin)
+        st.verified = f"initial replication of {sc.machine.name} to the cloud in {seconds:.1f} s"
+
+
+async def test_failover_step(admin: Any, sc: Scenario, params: DrillParams, steps: Steps, name: str) -> None:
+    """A test failover to latest while the workload writes, checked by the oracle, then its cleanup;
+    replication went on under the views (every write reaches the MT)."""
+    async with steps.step(name) as st:
+        proc = sc.start_workload(params.rate_mb_s, params.duration_s)
+        await asyncio.sleep(params.duration_s / 2)
+        job = await oracle_failover(admin, sc, "test-failover", "latest", name)
+        await run_op(admin, sc.machine_id, "cleanup-test-failover")
+        sc.finish_workload(proc, params.duration_s + 60)
+        await sc.wait_machine_drained(admin)
+        st.verified = (f"image at W {job['result']['wnum']} byte-exact while writes went on; views dropped; "
+                       f"all {sc.last_wnum()} writes replicated")

@@ -34,18 +34,8 @@ async def run(params: dc.DrillParams, say: Any = print) -> int:
 
 
 async def scenario(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, steps: Steps) -> None:
-    async with steps.step("protect") as st:
-        seconds = await sc.protect(admin)
-        st.verified = f"initial replication of {sc.machine.name} to the cloud in {seconds:.1f} s"
-    async with steps.step("test failover to latest + cleanup") as st:
-        proc = sc.start_workload(params.rate_mb_s, params.duration_s)
-        await asyncio.sleep(params.duration_s / 2)
-        job = await dc.oracle_failover(admin, sc, "test-failover", "latest", "test failover to latest")
-        await dc.run_op(admin, sc.machine_id, "cleanup-test-failover")
-        sc.finish_workload(proc, params.duration_s + 60)
-        await sc.wait_machine_drained(admin)
-        st.verified = (f"image at W {job['result']['wnum']} byte-exact while writes went on; views dropped; "
-                       f"all {sc.last_wnum()} writes replicated")
+    await dc.protect_step(admin, sc, steps)
+    await dc.test_failover_step(admin, sc, params, steps, "test failover to latest + cleanup")
     async with steps.step("test failover to a point in time + cleanup") as st:
         sc.finish_workload(sc.start_workload(params.rate_mb_s, params.duration_s), params.duration_s + 60)
         await sc.wait_machine_drained(admin)

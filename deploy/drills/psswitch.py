@@ -50,9 +50,7 @@ async def run(params: dc.DrillParams, say: Any = print) -> int:
 
 
 async def scenario(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, steps: Steps) -> None:
-    async with steps.step("protect") as st:
-        seconds = await sc.protect(admin)
-        st.verified = f"initial replication of {sc.machine.name} to the cloud in {seconds:.1f} s"
+    await dc.protect_step(admin, sc, steps)
     names = await ps_names(admin, lab)
     async with steps.step("switch under load, old PS alive") as st:
         before = await disk_entry(admin, sc.disk_id)

@@ -43,9 +43,7 @@ def kill_site(lab: Lab, site: str, others: tuple[int, ...] = ()) -> list[str]:
 
 
 async def scenario(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, steps: Steps) -> None:
-    async with steps.step("protect") as st:
-        seconds = await sc.protect(admin)
-        st.verified = f"initial replication of {sc.machine.name} to the cloud in {seconds:.1f} s"
+    await dc.protect_step(admin, sc, steps)
     async with steps.step("on-prem site lost") as st:
         proc = sc.start_workload(params.rate_mb_s, params.duration_s * 4)
         await asyncio.sleep(params.duration_s)

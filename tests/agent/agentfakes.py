@@ -111,13 +111,16 @@ class FakeCS:
         self.publish(self.document)
         return web.json_response({"generation": self.generations[disk_id]})
 
-    async def start(self, files: tls.IdentityFiles) -> str:
-        app = make_app()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/settings", self._settings)
         app.router.add_post("/v1/heartbeat", self._heartbeat)
         app.router.add_put("/v1/machines/self/disks", self._report)
         app.router.add_post("/v1/disks/{disk_id}/progress", self._progress)
         app.router.add_post("/v1/disks/{disk_id}/resync", self._resync)
+
+    async def start(self, files: tls.IdentityFiles) -> str:
+        app = make_app()
+        self.add_routes(app)
         self.runner, url = await serve(app, files)
         return url
 

@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentfakes import BlockClient, FakeCS, FakePS, issue, serve, wait_until
+from agentfakes import BlockClient, FakeCS, FakePS, issue, wait_until
 from aiohttp import web
 
 from agent.service import AgentService
-from common import tls
 from common.config import AgentConfig, DiskConfig
-from common.http import make_app
 from common.wire import blockio as bio
 
 SIZE = 1 << 20
@@ -37,16 +35,9 @@ class StopCS(FakeCS):
         self.reports.append(await request.json())
         return web.json_response({"ok": True})
 
-    async def start(self, files: tls.IdentityFiles) -> str:
-        app = make_app()
-        app.router.add_get("/v1/settings", self._settings)
-        app.router.add_post("/v1/heartbeat", self._heartbeat)
-        app.router.add_put("/v1/machines/self/disks", self._report)
-        app.router.add_post("/v1/disks/{disk_id}/progress", self._progress)
-        app.router.add_post("/v1/disks/{disk_id}/resync", self._resync)
+    def add_routes(self, app: web.Application) -> None:
+        super().add_routes(app)
         app.router.add_post("/v1/machines/self/shutdown", self._shutdown)
-        self.runner, url = await serve(app, files)
-        return url
 
 
 @dataclass
