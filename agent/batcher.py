@@ -20,9 +20,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.tasks import cancel_and_wait
 from agent.tracker import Cut, Read, Tracker, TrackMode
 from common import logging as dlog
+from common.tasks import cancel_and_wait
 from common.wire.batch import Accuracy, ChangeBatch, Flags, Mode
 
 log = dlog.get("drlab.agent.batcher")

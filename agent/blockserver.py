@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent.disk import DiskBoundsError, DiskImage, WritesStopped
-from agent.tasks import cancel_and_wait
 from agent.tracker import WnumError
 from common import logging as dlog
+from common.tasks import cancel_and_wait
 from common.wire import blockio as bio
 
 log = dlog.get("drlab.agent.blockserver")

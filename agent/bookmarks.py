@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from agent.tasks import cancel_and_wait
 from common import errors
 from common import logging as dlog
 from common.config import AgentConfig
 from common.http import backoff_s
+from common.tasks import cancel_and_wait
 
 log = dlog.get("drlab.agent.bookmarks")
 

@@ -22,11 +22,11 @@ import time
 from typing import Any
 
 from agent.replication import Pipeline, Replicator
-from agent.tasks import cancel_and_wait
 from agent.verify import VerifyRunner, parse_requests
 from common import errors
 from common import logging as dlog
 from common.http import ApiClient
+from common.tasks import cancel_and_wait
 
 log = dlog.get("drlab.agent.progress")
 

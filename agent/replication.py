@@ -22,13 +22,13 @@ from agent.disk import DiskImage, WritesStopped
 from agent.modes import Measure, ModePolicy, next_mode
 from agent.psloss import LossDetector
 from agent.resync import RemoteHashes, ResyncJob
-from agent.tasks import cancel_and_wait
 from agent.tracker import Tracker, TrackMode
 from agent.uploader import DiskUploader
 from common import errors
 from common import logging as dlog
 from common.config import AgentConfig
 from common.http import ApiClient
+from common.tasks import cancel_and_wait
 from common.wire import batch as wb
 
 log = dlog.get("drlab.agent.replication")

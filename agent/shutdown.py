@@ -23,9 +23,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.replication import Replicator
-from agent.tasks import cancel_and_wait
 from common import errors
 from common import logging as dlog
+from common.tasks import cancel_and_wait
 
 log = dlog.get("drlab.agent.shutdown")
 

@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.tasks import cancel_and_wait
 from common import errors
 from common import logging as dlog
 from common.http import ApiClient, backoff_s
+from common.tasks import cancel_and_wait
 
 log = dlog.get("drlab.agent.uploader")
 

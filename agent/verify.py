@@ -32,10 +32,10 @@ from typing import Any
 
 from agent.replication import Pipeline, Replicator
 from agent.resync import Hashes, RemoteHashes, digest, pieces, range_at
-from agent.tasks import cancel_and_wait
 from common import errors
 from common import logging as dlog
 from common.http import ApiClient, retrying
+from common.tasks import cancel_and_wait
 
 log = dlog.get("drlab.agent.verify")
 

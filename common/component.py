@@ -5,8 +5,10 @@ Certificates: the control plane also renews the component's certificate (a new k
 sent under the current certificate) once less than ``cert_renew_fraction`` of its validity
 remains, and loads it into every live TLS context of the process (common/tls.py), so servers
 and clients switch without a restart. When the CS answers 401 ``reregister_required`` (its
-passphrase was rotated) the component registers again from its passphrase file, keeping its
-component id and data; replication, which needs only the certificate, is not interrupted.
+passphrase was rotated) the component registers again from its passphrase file (or a new
+enrollment token file), keeping its component id and data; replication, which needs only the
+certificate, is not interrupted. An agent may register with a single-use enrollment token
+(common/enroll.py) instead of the passphrase; the token file is deleted once it is spent.
 A revoked certificate (401 ``certificate_revoked``) is never replaced automatically: an
 operator registers the component again on purpose (remove ``identity/`` and restart).
 """
@@ -21,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common import __version__, auth, errors, tls
+from common import __version__, auth, enroll, errors, tls
 from common import logging as dlog
 from common.config import ComponentConfig
 from common.http import ApiClient, backoff_s
@@ -37,18 +39,32 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode(), validate=True)
 
 
-async def register(cs_url: str, passphrase: auth.Passphrase, *, role: str, host_id: str, address: str,
+Credential = auth.Passphrase | enroll.EnrollToken
+
+
+async def _proof_key(credential: Credential, ch: dict[str, Any]) -> bytes:
+    """The HMAC key of the proofs: the token's key, or the passphrase's scrypt key (in a thread)."""
+    if isinstance(credential, enroll.EnrollToken):
+        return credential.key
+    kdf = ch.get("kdf", {})
+    return await asyncio.to_thread(auth.derive_key, credential, _unb64(ch["salt"]),
+                                   int(kdf.get("n", auth.KDF_N)), int(kdf.get("r", auth.KDF_R)),
+                                   int(kdf.get("p", auth.KDF_P)))
+
+
+async def register(cs_url: str, credential: Credential, *, role: str, host_id: str, address: str,
                    ports: dict[str, int], files: tls.IdentityFiles, timeout_s: float = 30.0,
                    version: str = __version__) -> dict[str, Any]:
-    """Challenge-response registration; writes the identity files only when the CS proved itself."""
+    """Challenge-response registration with a passphrase or an enrollment token; writes the
+    identity files only when the CS proved itself (knowledge of the same key)."""
     client = ApiClient(cs_url, tls.bootstrap_context(), timeout_s=timeout_s)
+    ask: dict[str, Any] = {"role": role, "host_id": host_id}
+    if isinstance(credential, enroll.EnrollToken):
+        ask["enroll_token_id"] = credential.token_id
     try:
-        ch = await client.post("/v1/register/challenge", {"role": role, "host_id": host_id})
-        salt, server_nonce = _unb64(ch["salt"]), _unb64(ch["server_nonce"])
-        kdf = ch.get("kdf", {})
-        key = await asyncio.to_thread(auth.derive_key, passphrase, salt,
-                                      int(kdf.get("n", auth.KDF_N)), int(kdf.get("r", auth.KDF_R)),
-                                      int(kdf.get("p", auth.KDF_P)))
+        ch = await client.post("/v1/register/challenge", ask)
+        server_nonce = _unb64(ch["server_nonce"])
+        key = await _proof_key(credential, ch)
         private = tls.new_key()
         csr = tls.make_csr(private, role, host_id)
         client_nonce = auth.nonce()
@@ -64,7 +80,7 @@ async def register(cs_url: str, passphrase: auth.Passphrase, *, role: str, host_
     expected = auth.server_proof(key, server_nonce=server_nonce, client_nonce=client_nonce, role=role,
                                  host_id=host_id, ca_der=tls.der_of_pem(ca_pem), cert_der=tls.der_of_pem(cert_pem))
     if not auth.equal(expected, _unb64(reply["server_proof"])):
-        raise errors.Unauthorized("the configuration server did not prove knowledge of the passphrase")
+        raise errors.Unauthorized("the configuration server did not prove knowledge of the passphrase or token")
     meta = {"component_id": reply["component_id"], "role": role, "cs_url": cs_url, "host_id": host_id,
             "address": address, "ports": ports}
     files.write(tls.key_pem(private), cert_pem, ca_pem, meta)
@@ -82,12 +98,31 @@ async def ensure_identity(cfg: ComponentConfig, role: str, ports: dict[str, int]
             tls.durable_write(files.meta, json.dumps({**meta, "address": cfg.address, "ports": ports},
                                                      indent=2).encode())
         return files
-    if cfg.passphrase_file is None:
-        raise errors.ConfigError("not registered yet and no passphrase_file configured")
-    passphrase = auth.read_passphrase_file(str(cfg.passphrase_file))
-    await register(cfg.cs_url, passphrase, role=role, host_id=cfg.host_id or role, address=cfg.address,
+    credential = read_credential(cfg)
+    if credential is None:
+        raise errors.ConfigError("not registered yet and neither passphrase_file nor enroll_token_file configured")
+    await register(cfg.cs_url, credential, role=role, host_id=cfg.host_id or role, address=cfg.address,
                    ports=ports, files=files, timeout_s=cfg.request_timeout_s)
+    spent_token(cfg, credential)
     return files
+
+
+def read_credential(cfg: ComponentConfig) -> Credential | None:
+    """The passphrase file's passphrase if configured, else the enrollment token file's token, else None.
+    OSError when the file cannot be read; BadRequest for a malformed token."""
+    if cfg.passphrase_file is not None:
+        return auth.read_passphrase_file(str(cfg.passphrase_file))
+    if cfg.enroll_token_file is not None:
+        return enroll.read_token_file(str(cfg.enroll_token_file))
+    return None
+
+
+def spent_token(cfg: ComponentConfig, credential: Credential) -> None:
+    """After a successful registration by token: delete its file (a used token is worthless)."""
+    if isinstance(credential, enroll.EnrollToken) and cfg.enroll_token_file is not None:
+        with contextlib.suppress(FileNotFoundError):
+            cfg.enroll_token_file.unlink()
+        log.info("enroll_token_spent", token_id=credential.token_id, path=str(cfg.enroll_token_file))
 
 
 SettingsCallback = Callable[[dict[str, Any]], Awaitable[None]]
@@ -214,8 +249,9 @@ class ControlPlane:
                 await asyncio.sleep(backoff_s(attempt, max_s=self.cfg.retry_max_backoff_s))
 
     async def reregister(self, refused_serial: str = "") -> bool:
-        """Register again with the passphrase file (after a rotation): same role, host id, address
-        and ports, so the CS keeps the component id. True when a new certificate is in place."""
+        """Register again with the passphrase file, or else an enrollment token file (after a
+        rotation): same role, host id, address and ports, so the CS keeps the component id. True
+        when a new certificate is in place; with no credential it logs and keeps running."""
         async with self._identity_lock:
             if refused_serial and self._serial() != refused_serial:
                 return True  # another loop re-registered meanwhile
@@ -223,14 +259,20 @@ class ControlPlane:
                 return False  # a failed attempt just now: every attempt costs the CS a key derivation
             self._next_reregister = time.monotonic() + self.cfg.heartbeat_interval_s
             meta = self.files.read_meta()
-            if self.cfg.passphrase_file is None or "ports" not in meta:
+            token_file = self.cfg.enroll_token_file
+            if self.cfg.passphrase_file is None and (token_file is None or not token_file.exists()):
+                log.error("reregister_needs_credential", component_id=self.component_id,
+                          action="configure passphrase_file or write a new enroll_token_file")
+                return False
+            if "ports" not in meta:
                 log.error("reregister_impossible", component_id=self.component_id,
-                          reason="no passphrase_file configured" if self.cfg.passphrase_file is None
-                          else "the identity does not record the ports")
+                          reason="the identity does not record the ports")
                 return False
             try:
-                passphrase = auth.read_passphrase_file(str(self.cfg.passphrase_file))
-                new = await register(self.cfg.cs_url, passphrase, role=str(meta["role"]),
+                credential = read_credential(self.cfg)
+                if credential is None:  # checked above; the files changed meanwhile
+                    return False
+                new = await register(self.cfg.cs_url, credential, role=str(meta["role"]),
                                      host_id=str(meta.get("host_id") or meta["role"]),
                                      address=str(meta.get("address") or self.cfg.address),
                                      ports={k: int(v) for k, v in dict(meta["ports"]).items()}, files=self.files,
@@ -239,6 +281,7 @@ class ControlPlane:
                 log.error("reregister_failed", component_id=self.component_id,
                           error=getattr(exc, "message", type(exc).__name__))
                 return False
+            spent_token(self.cfg, credential)
         if new["component_id"] != self.component_id:
             log.error("reregister_changed_id", old=self.component_id, new=new["component_id"])
         await self.cs.close()  # pooled connections still present the refused certificate

@@ -34,6 +34,7 @@ class ComponentConfig:
     data_dir: Path = Path("data")
     cs_url: str = "https://127.0.0.1:443"
     passphrase_file: Path | None = None
+    enroll_token_file: Path | None = None  # a single-use agent token (common/enroll.py); deleted once spent
     host_id: str = ""
     address: str = "127.0.0.1"
     log_file: Path | None = None
@@ -111,6 +112,8 @@ class CSConfig:
     db_url: str = field(default="", repr=False)
     long_poll_max_s: float = 30.0
     challenge_ttl_s: float = 60.0
+    enroll_token_ttl_s: float = 600.0  # lifetime of an agent enrollment token (cs/enrollment.py)
+    discovery_interval_s: float = 900.0  # how often a PS discovers its hypervisors (cs/hypervisors.py)
     cert_validity_days: int = 365
     cert_validity_s: float = 0.0  # when > 0, overrides cert_validity_days (tests use seconds)
     cert_renew_fraction: float = 0.33  # the CS's own and the admin's certificates: renew below this fraction
@@ -361,5 +364,7 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (a table nested in an array of tables)
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'

@@ -49,6 +49,8 @@ VOLATILE: dict[str, frozenset[str]] = {
     "disks": frozenset({"percent", "bytes_done", "bytes_total"}),
     "resyncs": frozenset({"percent", "bytes_total", "bytes_compared", "bytes_sent"}),
     "disk_drains": frozenset({"lease_until_ns"}),
+    "hypervisors": frozenset({"last_discovery_ns"}),  # every discovery (cs/hypervisors.py)
+    "discovered_machines": frozenset({"seen_ns"}),
     "alert_events": frozenset({"lease_until_ns"}),
 }
 META_SKIPPED_KEYS = frozenset({"settings_version"})  # bumped by every change: the change is the row

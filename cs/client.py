@@ -50,6 +50,11 @@ class CSAdminClient:
     async def close(self) -> None:
         await self._api.close()
 
+    @property
+    def api(self) -> ApiClient:
+        """The raw admin API (for routes without a typed method here)."""
+        return self._api
+
     async def components(self) -> list[dict[str, Any]]:
         return await all_pages(self._api, "/v1/components")
 
@@ -94,6 +99,36 @@ class CSAdminClient:
     async def ps_move(self, ps_id: str, kind: str, body: dict[str, Any]) -> str:
         """Queue a PS ``switch`` (every machine) or ``balance`` (``machine_ids``) job; returns its id."""
         return str((await self._api.post(f"/v1/ps/{ps_id}/{kind}", body))["job_id"])
+
+    async def add_hypervisor(self, name: str, address: str, account: str, ps_id: str, *, port: int = 443,
+                             fingerprint: str | None = None) -> dict[str, Any]:
+        """Add a hypervisor discovered by ``ps_id`` with account-store account ``account``."""
+        body = {"name": name, "address": address, "port": port, "account": account, "ps_id": ps_id,
+                **({"fingerprint": fingerprint} if fingerprint is not None else {})}
+        return dict(await self._api.post("/v1/hypervisors", body))
+
+    async def hypervisors(self) -> list[dict[str, Any]]:
+        return await all_pages(self._api, "/v1/hypervisors")
+
+    async def hypervisor(self, name: str) -> dict[str, Any]:
+        return dict(await self._api.get(f"/v1/hypervisors/{name}"))
+
+    async def remove_hypervisor(self, name: str) -> None:
+        await self._api.request("DELETE", f"/v1/hypervisors/{name}")
+
+    async def discover_hypervisor(self, name: str) -> dict[str, Any]:
+        """Ask the hypervisor's PS to discover it now."""
+        return dict(await self._api.post(f"/v1/hypervisors/{name}/discover"))
+
+    async def inventory(self, hypervisor: str | None = None) -> list[dict[str, Any]]:
+        """Discovered machines, with ``component_id`` (registered agent or None) and ``protected``."""
+        params = {"hypervisor": hypervisor} if hypervisor is not None else None
+        return list((await self._api.get("/v1/inventory", params=params))["items"])
+
+    async def install_agent(self, hypervisor: str, vm: str, account: str, ps_id: str | None = None) -> str:
+        """Queue a push install of the agent on a discovered VM; returns the job id."""
+        body = {"account": account, **({"ps_id": ps_id} if ps_id is not None else {})}
+        return str((await self._api.post(f"/v1/inventory/{hypervisor}/{vm}/install", body))["job_id"])
 
     async def job(self, job_id: str) -> dict[str, Any]:
         return dict(await self._api.get(f"/v1/jobs/{job_id}"))

@@ -7,6 +7,10 @@ address, ports and version: a machine reinstalled with a new key but the same ho
 old entry (and so its disks) back, never a second one. This is also how a revoked component
 comes back, and how every component moves to a new passphrase after a rotation.
 
+An agent may instead enroll with a single-use token (cs/enrollment.py): its challenge names
+``enroll_token_id``, and the proofs of that registration use the token's key in place of the
+passphrase-derived key. The certificate is recorded under the current passphrase epoch.
+
 Renewal (:func:`renew`) needs no passphrase: a registered component sends a new CSR under its
 current, unrevoked certificate and gets a certificate with the same id, role and passphrase
 epoch. :func:`rotate_passphrase` replaces the derived key and starts a new epoch (see
@@ -27,7 +31,7 @@ from sqlalchemy import delete
 
 from common import auth, errors, tls
 from common import logging as dlog
-from cs import revocation, validate
+from cs import accounts, enrollment, revocation, validate
 from cs.db import meta, repo
 from cs.db.engine import Database
 from cs.db.models import Challenge, Component
@@ -57,6 +61,16 @@ def parse_challenge(body: dict[str, Any]) -> tuple[str, str]:
             validate.string(body, "host_id", pattern=validate.NAME))
 
 
+def parse_challenge_token(body: dict[str, Any], role: str) -> str | None:
+    """The optional ``enroll_token_id`` of a challenge request; only an agent enrolls by token (401)."""
+    if body.get("enroll_token_id") is None:
+        return None
+    token_id = validate.hex_id(body.get("enroll_token_id"), "enroll_token_id")
+    if role != enrollment.ROLE:
+        raise errors.Unauthorized(f"only an {enrollment.ROLE} may enroll with a token, not a {role}")
+    return token_id
+
+
 def parse_register(body: dict[str, Any]) -> RegisterRequest:
     role, host_id = parse_challenge(body)
     return RegisterRequest(
@@ -67,45 +81,62 @@ def parse_register(body: dict[str, Any]) -> RegisterRequest:
         client_nonce=validate.b64(body, "client_nonce", max_bytes=64), proof=validate.b64(body, "proof", max_bytes=64))
 
 
-async def new_challenge(state: CSState, role: str, host_id: str) -> dict[str, Any]:
+async def new_challenge(state: CSState, role: str, host_id: str,
+                        enroll_token_id: str | None = None) -> dict[str, Any]:
     now = time.time_ns()
     ttl_ns = int(state.cfg.challenge_ttl_s * 1e9)
     challenge = Challenge(challenge_id=uuid.uuid4().hex, server_nonce=base64.b64encode(auth.nonce()).decode(),
                           role=role, host_id=host_id, used=False,
-                          expires_at=now + ttl_ns)
+                          expires_at=now + ttl_ns, enroll_token_id=enroll_token_id)
     async with state.db.write() as session:
         await session.execute(delete(Challenge).where(Challenge.expires_at < now - ttl_ns))
         session.add(challenge)
         params = await meta.load_auth(session)
-    log.info("challenge_issued", role=role, host_id=host_id, challenge_id=challenge.challenge_id)
+    log.info("challenge_issued", role=role, host_id=host_id, challenge_id=challenge.challenge_id,
+             enroll_token_id=enroll_token_id)
     return {"challenge_id": challenge.challenge_id, "server_nonce": challenge.server_nonce,
             "salt": base64.b64encode(params.salt).decode(), "kdf": params.kdf}
 
 
-async def _consume(state: CSState, req: RegisterRequest) -> tuple[bytes, meta.AuthParams]:
-    """Mark the challenge used (whatever happens next); its server nonce if it was valid."""
+async def _consume(state: CSState, req: RegisterRequest) -> tuple[bytes, bytes]:
+    """Mark the challenge, and its enrollment token if any, used (whatever happens next);
+    (server nonce, proof key) if both were valid. The key is the token's or the passphrase's."""
+    token_refused: errors.Unauthorized | None = None
     async with state.db.write() as session:
         ch = await session.get(Challenge, req.challenge_id)
         valid = (ch is not None and not ch.used and ch.expires_at > time.time_ns()
                  and ch.role == req.role and ch.host_id == req.host_id)
         if ch is not None:
             ch.used = True
-        params = await meta.load_auth(session)
+        key = (await meta.load_auth(session)).key
+        if ch is not None and valid and ch.enroll_token_id is not None:
+            try:
+                key = await enrollment.consume(session, _store_key(state), ch.enroll_token_id, role=req.role,
+                                               host_id=req.host_id)
+            except errors.Unauthorized as exc:  # committed all the same: the token is burnt
+                token_refused = exc
     if ch is None or not valid:
         raise errors.Unauthorized("unknown, expired or already used challenge")
-    return base64.b64decode(ch.server_nonce), params
+    if token_refused is not None:
+        raise token_refused
+    return base64.b64decode(ch.server_nonce), key
+
+
+def _store_key(state: CSState) -> accounts.StoreKey:
+    """The account store's key (cs/accounts.py), which seals enrollment token keys."""
+    return accounts.load_key(state.cfg.data_dir)
 
 
 def _check_proof(key: bytes, server_nonce: bytes, req: RegisterRequest) -> None:
     expected = auth.client_proof(key, server_nonce=server_nonce, client_nonce=req.client_nonce, role=req.role,
                                  host_id=req.host_id, csr_pem=req.csr_pem)
     if not auth.equal(expected, req.proof):
-        raise errors.Unauthorized("registration proof does not match the passphrase")
+        raise errors.Unauthorized("registration proof does not match the passphrase or enrollment token")
 
 
 async def register(state: CSState, req: RegisterRequest) -> dict[str, Any]:
-    server_nonce, params = await _consume(state, req)
-    _check_proof(params.key, server_nonce, req)
+    server_nonce, key = await _consume(state, req)
+    _check_proof(key, server_nonce, req)
     async with state.db.read() as session:
         known = await repo.component_by_host(session, req.role, req.host_id)
     component_id = known.component_id if known is not None else uuid.uuid4().hex
@@ -114,7 +145,7 @@ async def register(state: CSState, req: RegisterRequest) -> dict[str, Any]:
     async with state.change() as session:
         await _upsert(session, req, component_id, tls.serial_hex(cert_pem))
         await _record(session, cert_pem, component_id, await revocation.current_epoch(session))
-    proof = auth.server_proof(params.key, server_nonce=server_nonce, client_nonce=req.client_nonce, role=req.role,
+    proof = auth.server_proof(key, server_nonce=server_nonce, client_nonce=req.client_nonce, role=req.role,
                               host_id=req.host_id, ca_der=tls.der_of_pem(state.ca.cert_pem),
                               cert_der=tls.der_of_pem(cert_pem))
     log.info("registered", role=req.role, host_id=req.host_id, component_id=component_id, address=req.address,

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
-from cs import bookmarks, planned, policies, release, revocation, switch_jobs, verify
+from cs import bookmarks, planned, policies, push_install, release, revocation, switch_jobs, verify
 from cs.db import meta, repo
 from cs.db.models import Component, Disk, Job, Machine, Policy
 from cs.state import CSState
@@ -118,4 +118,6 @@ async def long_poll(state: CSState, role: str, component_id: str, version: int, 
     async with state.db.read() as session:
         current = await meta.settings_version(session)
         doc = await document(session, role, component_id)
+        if role == "ps":  # hypervisors to discover, push installs to run (cs/push_install.py)
+            doc.update(await push_install.ps_settings(session, component_id, state.cfg.discovery_interval_s))
     return {"version": current, "document": doc}

@@ -14,7 +14,19 @@ from typing import Any
 
 from common import errors, tls
 from common import logging as dlog
-from deploy import cli_cs, cli_drills, cli_model, cli_operators, cli_ops, cli_points, cli_ps, cli_release, report
+from deploy import (
+    cli_bookmarks,
+    cli_cs,
+    cli_drills,
+    cli_inventory,
+    cli_model,
+    cli_operators,
+    cli_ops,
+    cli_points,
+    cli_ps,
+    cli_release,
+    report,
+)
 from deploy.topology import DEFAULT_TOPOLOGY
 from deploy.topology import load as load_topology
 
@@ -130,22 +142,27 @@ def cmd_disks(args: argparse.Namespace) -> int:
 
 
 def cmd_protect(args: argparse.Namespace) -> int:
-    targets: dict[str, Any] = {k: v for k, v in (("ps_id", args.ps), ("mt_id", args.mt)) if v}
+    """Protect a machine (id or host id); ``--ps`` / ``--mt`` by id or host id."""
+    targets: dict[str, Any] = {}
     if args.seed:
         pairs = [item.partition("=") for item in args.seed]
         bad = [item for item, (_, eq, path) in zip(args.seed, pairs, strict=True) if not eq or not path]
         if bad:
             raise errors.BadRequest(f"--seed takes DISK=PATH, not {bad[0]!r}")
         targets["seed"] = {name: path for name, _, path in pairs}
-    if not args.wait:
-        out = _admin_call(args, lambda a: a.protect(args.machine_id, policy=args.policy, **targets))
-        print(json.dumps(out, indent=2))
-        return 0
 
-    async def go(admin: Any) -> int:  # follow the initial replication until every disk is protected
+    async def go(admin: Any) -> int:  # with --wait: follow the initial replication until every disk is protected
+        from deploy.cli_inventory import resolve
         from deploy.cli_progress import follow_protect
 
-        disks = await admin.protect(args.machine_id, policy=args.policy, **targets)
+        for key, role, name in (("ps_id", "ps", args.ps), ("mt_id", "mt", args.mt)):
+            if name:
+                targets[key] = await resolve(admin.api, role, name)
+        machine_id = await resolve(admin.api, "agent", args.machine_id)
+        disks = await admin.protect(machine_id, policy=args.policy, **targets)
+        if not args.wait:
+            print(json.dumps(disks, indent=2))
+            return 0
         return await follow_protect(admin.disks, [d["disk_id"] for d in disks], args.timeout_s, as_json=args.json)
 
     return int(_admin_call(args, go))
@@ -161,16 +178,18 @@ def cmd_failover(args: argparse.Namespace) -> int:
     if (args.machine is None) == (args.disk_id is None):
         raise errors.BadRequest("name either a disk (DISK_ID) or a machine (--machine ID)")
 
-    async def go(admin: Any) -> Any:
-        if args.machine is not None:  # every protected disk of the machine at one W
-            job_id = await admin.machine_failover(args.machine, point)
-        else:
-            job_id = await admin.failover(args.disk_id, point)
-        return await admin.wait_job(job_id, timeout_s=args.timeout_s)
+    from deploy.cli_progress import follow_job
 
-    job = _admin_call(args, go)
-    print(json.dumps(job, indent=2))
-    return 0 if job.get("state") == "succeeded" else 1
+    path = (f"/v1/machines/{args.machine}/failover" if args.machine is not None  # every disk at one W
+            else f"/v1/disks/{args.disk_id}/failover")
+
+    async def go(api: Any) -> int:
+        job_id = str((await api.post(path, {"point": point}))["job_id"])
+        if not args.json:
+            print(f"job {job_id}", flush=True)
+        return await follow_job(api, job_id, args.timeout_s, as_json=args.json)
+
+    return int(_admin_api(args, go))
 
 
 def _admin_api(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
@@ -192,12 +211,18 @@ def _admin_api(args: argparse.Namespace, fn: Callable[[Any], Any]) -> Any:
 
 
 def cmd_disk_resync(args: argparse.Namespace) -> int:
-    out = _admin_api(args, lambda api: api.post(f"/v1/disks/{args.disk_id}/resync", {"reason": args.reason}))
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"disk {args.disk_id}: resync ({args.reason}) under generation {out['generation']}")
-    return 0
+    """Resync a disk under a new generation; with --wait, follow it until the disk is protected."""
+    async def go(admin: Any) -> int:
+        from deploy.cli_progress import follow_protect
+
+        out = await admin.api.post(f"/v1/disks/{args.disk_id}/resync", {"reason": args.reason})
+        if args.wait:  # the disk reads ``resync`` from the answer on: it is protected again once done
+            return await follow_protect(admin.disks, [args.disk_id], args.timeout_s, as_json=args.json)
+        print(json.dumps(out) if args.json else
+              f"disk {args.disk_id}: resync ({args.reason}) under generation {out['generation']}")
+        return 0
+
+    return int(_admin_call(args, go))
 
 
 def cmd_disk_resyncs(args: argparse.Namespace) -> int:
@@ -270,94 +295,6 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bookmark_create(args: argparse.Namespace) -> int:
-    """A multi-machine bookmark by the CS's two-phase protocol; with --wait, exit 1 unless committed."""
-    body: dict[str, Any] = {"consistency": args.consistency}
-    body.update({"group": args.group} if args.group else {"machines": args.machines or []})
-    body.update({"name": args.name} if args.name else {})
-    body.update({"timeout_s": args.timeout_s} if args.timeout_s is not None else {})
-
-    async def go(api: Any) -> Any:
-        bm = await api.post("/v1/bookmarks", body)
-        while args.wait and bm["state"] not in ("committed", "aborted"):
-            await asyncio.sleep(0.1)
-            bm = await api.get(f"/v1/bookmarks/{bm['bookmark_id']}")
-        return bm
-
-    bm = _admin_api(args, go)
-    if args.json:
-        print(json.dumps(bm, indent=2))
-    else:
-        why = f" ({bm['reason']})" if bm["reason"] else ""
-        took = f" in {bm['latency_ms']:.0f} ms" if bm.get("latency_ms") else ""
-        print(f"bookmark {bm['bookmark_id']} {bm['tag']}: {bm['state']}{why}{took}")
-    return 0 if bm["state"] == "committed" or not args.wait else 1
-
-
-def cmd_bookmark_list(args: argparse.Namespace) -> int:
-    from cs.client import all_pages
-
-    params = {k: v for k, v in (("state", args.state), ("group", args.group)) if v}
-    items = _admin_api(args, lambda api: all_pages(api, "/v1/bookmarks", params, most=args.limit))
-    return _print_items(args, items, ["bookmark_id", "tag", "group", "consistency", "state", "latency_ms", "reason"])
-
-
-def cmd_bookmark_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_admin_api(args, lambda api: api.get(f"/v1/bookmarks/{args.bookmark_id}")), indent=2))
-    return 0
-
-
-def cmd_group_set(args: argparse.Namespace) -> int:
-    out = _admin_api(args, lambda api: api.put(f"/v1/groups/{args.name}", {"machines": args.machines}))
-    print(json.dumps(out, indent=2) if args.json else f"group {out['name']}: {', '.join(out['machines'])}")
-    return 0
-
-
-def cmd_group_list(args: argparse.Namespace) -> int:
-    from cs.client import all_pages
-
-    items = _admin_api(args, lambda api: all_pages(api, "/v1/groups"))
-    return _print_items(args, items, ["name", "machines", "updated_ns"])
-
-
-def cmd_group_delete(args: argparse.Namespace) -> int:
-    _admin_api(args, lambda api: api.request("DELETE", f"/v1/groups/{args.name}"))
-    return 0
-
-
-def _bookmark_parsers(sub: Any) -> None:
-    bm = sub.add_parser("bookmark", help="multi-machine bookmarks (two-phase, across a group or machines)")
-    bsub = bm.add_subparsers(dest="bookmark_command", required=True)
-    cr = bsub.add_parser("create", help="freeze every member, tag every disk at one instant, thaw")
-    who = cr.add_mutually_exclusive_group(required=True)
-    who.add_argument("--group", help="a replication group (drlab group set)")
-    who.add_argument("--machines", nargs="+", help="machine ids")
-    cr.add_argument("--name", help="the tag's name (default: the bookmark id)")
-    cr.add_argument("--consistency", choices=["app", "crash"], default="app",
-                    help="app: run each member's pre-freeze / post-thaw hooks")
-    cr.add_argument("--timeout-s", type=float, default=None, help="every member must be frozen by then")
-    cr.add_argument("--wait", action="store_true", help="until committed or aborted (exit 1 if aborted)")
-    cr.set_defaults(func=cmd_bookmark_create)
-    ls = bsub.add_parser("list", help="bookmarks, newest first")
-    ls.add_argument("--state", choices=["preparing", "committing", "committed", "aborted"])
-    ls.add_argument("--group")
-    ls.add_argument("--limit", type=int, default=50)
-    ls.set_defaults(func=cmd_bookmark_list)
-    sh = bsub.add_parser("show", help="one bookmark with its members' points")
-    sh.add_argument("bookmark_id")
-    sh.set_defaults(func=cmd_bookmark_show)
-    grp = sub.add_parser("group", help="replication groups (machines consistent together)")
-    gsub = grp.add_subparsers(dest="group_command", required=True)
-    gs = gsub.add_parser("set", help="create or replace a group")
-    gs.add_argument("name")
-    gs.add_argument("machines", nargs="+")
-    gs.set_defaults(func=cmd_group_set)
-    gsub.add_parser("list", help="every group").set_defaults(func=cmd_group_list)
-    gd = gsub.add_parser("delete", help="delete a group")
-    gd.add_argument("name")
-    gd.set_defaults(func=cmd_group_delete)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from deploy.cli_progress import EXIT_CODES_HELP
 
@@ -413,10 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--limit", type=int, default=100)
     al.set_defaults(func=cmd_alerts)
     pr = sub.add_parser("protect", help="enable protection of a machine's disks")
-    pr.add_argument("machine_id")
+    pr.add_argument("machine_id", help="the machine (its id, or its host id, e.g. m1)")
     pr.add_argument("--policy", default=None, help="replication policy (default: the default policy)")
-    pr.add_argument("--ps", default=None, help="process server id (default: the least loaded in the machine's site)")
-    pr.add_argument("--mt", default=None, help="master target id (default: the least loaded outside its site)")
+    pr.add_argument("--ps", default=None, help="PS, id or host id (default: the least loaded in the machine's site)")
+    pr.add_argument("--mt", default=None, help="MT, id or host id (default: the least loaded outside its site)")
     pr.add_argument("--seed", action="append", default=[], metavar="DISK=PATH",
                     help="adopt an existing disk in the MT's datastore as DISK's replica (reprotect, failback)")
     pr.add_argument("--wait", action="store_true",
@@ -439,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs = dsub.add_parser("resync", help="resync a disk (a new generation; only differing blocks travel)")
     rs.add_argument("disk_id")
     rs.add_argument("--reason", default="user")
+    rs.add_argument("--wait", action="store_true", help="follow the resync until the disk is protected (exit 3 on "
+                    "timeout)")
+    rs.add_argument("--timeout-s", type=float, default=3600.0, help="how long --wait waits")
     rs.set_defaults(func=cmd_disk_resync)
     hist = dsub.add_parser("resyncs", help="the disk's resyncs, newest first")
     hist.add_argument("disk_id")
@@ -453,20 +393,31 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--last", action="store_true", help="show the last verify instead of starting one")
     ver.set_defaults(func=cmd_disk_verify)
     cli_points.add_disk_parser(dsub)  # drlab disk points
-    _bookmark_parsers(sub)
+    cli_bookmarks.add_parsers(sub)  # drlab bookmark|group
     cli_operators.add_parsers(sub)
     cli_ps.add_parsers(sub)  # drlab ps switch|balance
     cli_model.add_parsers(sub)  # drlab site|machine|policy|plan|account|audit|jobs|job
     cli_ops.add_parsers(sub)  # drlab machine test-failover|..., plan failover|cleanup, job resume
     cli_release.add_parsers(cli_ops._subparsers(sub.choices["machine"]), dsub)  # machine disable, disk exclude
+    cli_inventory.add_parsers(sub, cli_ops._subparsers(sub.choices["machine"]))  # hypervisor, inventory
     cli_drills.add_parsers(sub)  # drlab drill failback|site-loss
     return p
+
+
+def _machine_by_host_id(args: argparse.Namespace) -> None:
+    """A machine named by its host id (``m1``, ``web1``) becomes its component id."""
+    from deploy.cli_inventory import COMPONENT_ID, resolve
+
+    name = getattr(args, "machine_id", None)
+    if isinstance(name, str) and name and not COMPONENT_ID.match(name):
+        args.machine_id = _admin_api(args, lambda api: resolve(api, "agent", name))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dlog.setup("drlab", level=logging.DEBUG if args.verbose else logging.WARNING)
     try:
+        _machine_by_host_id(args)
         return int(args.func(args))
     except errors.DrlabError as exc:
         print(f"drlab: error: {exc.message}", file=sys.stderr)

@@ -18,12 +18,15 @@ from typing import Any
 from common import errors, tls
 from common import logging as dlog
 from common.config import NBD_PORT, CSConfig, dump_toml, is_loopback
+from deploy import labhv
 from deploy.topology import DiskSpec, Node, Topology
 
 log = dlog.get("drlab.lab")
 
 HEARTBEAT_INTERVAL_S = 1.0
 SITE_KINDS = {"onprem": "on-prem", "cloud": "cloud"}  # topology site -> the CS's site kind
+MODULES = {"hypervisor": "deploy.hypervisor"}  # role -> the module run with python -m (default: the role)
+REGISTERED = ("ps", "mt", "agent")  # the roles that register with the CS and heartbeat
 
 
 @dataclass
@@ -134,6 +137,8 @@ class Lab:
             cfg = self.cs_config()
             return {"data_dir": str(cfg.data_dir), "listen_host": cfg.listen_host, "port": cfg.port,
                     "log_file": str(cfg.log_file)}
+        if node.role == "hypervisor":
+            return labhv.config_for(self, node)
         data = self._component_config(node)
         if node.role == "ps":
             data.update(listen_host=node.address, data_port=node.ports["data"], **node.config)
@@ -160,7 +165,7 @@ class Lab:
         self.node_dir(node).mkdir(parents=True, exist_ok=True)
         for disk in node.disks:
             self.disk_path(node, disk.name).parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(dump_toml(self.config_for(node)))
+        tls.write_private(path, dump_toml(self.config_for(node)).encode())  # a hypervisor's holds passwords
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -182,7 +187,8 @@ class Lab:
         out = self.root / "logs" / f"{node.name}.out"
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "ab") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", node.role, "--config", str(self.config_path(node))],
+            argv = [sys.executable, "-m", MODULES.get(node.role, node.role), "--config", str(self.config_path(node))]
+            proc = subprocess.Popen(argv,
                                     stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env=_child_env())
         pids[node.name] = proc.pid
@@ -205,6 +211,8 @@ class Lab:
             self.start_node(node)
         await self.wait_healthy(timeout_s)
         await self.assign_sites()
+        async with self.admin() as admin:
+            await labhv.setup(self, admin.api)
 
     async def assign_sites(self, nodes: tuple[Node, ...] | None = None) -> None:
         """Put every registered component of ``nodes`` (default: all) in its site on the CS, so
@@ -234,17 +242,21 @@ class Lab:
     async def wait_healthy(self, timeout_s: float, nodes: tuple[Node, ...] | None = None) -> None:
         """Until every daemon (of ``nodes``, default: all) has registered and heartbeated."""
         deadline = time.monotonic() + timeout_s
-        expected = {(n.role, n.name) for n in (nodes or self.nodes[1:])}
+        wanted = nodes or self.nodes[1:]
+        expected = {(n.role, n.name) for n in wanted if n.role in REGISTERED}
+        hypervisors = [n for n in wanted if n.role == "hypervisor"]
         async with self.admin() as admin:
             while True:
                 items = await admin.components()
                 seen = {(c["role"], c["host_id"]) for c in items if c.get("last_heartbeat")}
-                if expected <= seen:
+                if expected <= seen and all(labhv.ready(self, hv) for hv in hypervisors):
                     return
                 for node in nodes or self.nodes:
                     self._check_alive(node)
                 if time.monotonic() > deadline:
-                    missing = ", ".join(sorted(f"{r}:{n}" for r, n in expected - seen))
+                    missing = ", ".join(sorted([f"{r}:{n}" for r, n in expected - seen]
+                                               + [f"hypervisor:{h.name}" for h in hypervisors
+                                                  if not labhv.ready(self, h)]))
                     raise errors.Unavailable(f"lab not healthy after {timeout_s:.0f} s: missing {missing}")
                 await asyncio.sleep(0.2)
 
@@ -255,9 +267,10 @@ class Lab:
             raise errors.Unavailable(f"{node.name} exited during start-up; last output:\n{tail}")
 
     def down(self, timeout_s: float = 15.0) -> list[str]:
-        """SIGTERM every daemon (agents first, CS last), then SIGKILL what is left."""
-        pids = self.read_pids()
-        order = [n.name for n in reversed(self.nodes)]
+        """SIGTERM every daemon (agents first, those on the hypervisors' VMs too; CS last), then
+        SIGKILL what is left."""
+        pids = {**labhv.vm_agents(self), **self.read_pids()}
+        order = [*labhv.vm_agents(self), *(n.name for n in reversed(self.nodes))]
         running = [(name, pids[name]) for name in order if name in pids and alive(pids[name])]
         for _name, pid in running:
             os.kill(pid, signal.SIGTERM)
@@ -270,9 +283,11 @@ class Lab:
 
     def status(self) -> list[dict[str, Any]]:
         pids = self.read_pids()
-        return [{"name": n.name, "role": n.role, "address": n.address, "ports": n.ports,
+        rows = [{"name": n.name, "role": n.role, "address": n.address, "ports": n.ports,
                  "pid": pids.get(n.name), "running": bool(pids.get(n.name) and alive(pids[n.name]))}
                 for n in self.nodes]
+        return rows + [{"name": name, "role": "agent", "address": "127.0.0.1", "ports": {}, "pid": pid,
+                        "running": True} for name, pid in labhv.vm_agents(self).items()]
 
     def admin(self) -> Any:
         from cs.client import CSAdminClient

@@ -24,7 +24,7 @@ class Node:
     """One daemon of the lab."""
 
     name: str
-    role: str  # cs | ps | mt | agent
+    role: str  # cs | ps | mt | agent | hypervisor
     address: str
     ports: dict[str, int] = field(default_factory=dict)
     disks: tuple[DiskSpec, ...] = ()
@@ -41,10 +41,11 @@ class Topology:
     mts: tuple[Node, ...]
     pss: tuple[Node, ...]
     machines: tuple[Node, ...]
+    hypervisors: tuple[Node, ...] = ()  # on-prem, vCenter-like: VMs an agent is pushed onto (deploy/hypervisor.py)
 
     @property
     def nodes(self) -> tuple[Node, ...]:
-        return (self.cs, *self.mts, *self.pss, *self.machines)
+        return (self.cs, *self.mts, *self.pss, *self.hypervisors, *self.machines)
 
     def in_site(self, site: str, role: str | None = None) -> tuple[Node, ...]:
         return tuple(n for n in self.nodes if n.site == site and (role is None or n.role == role))
@@ -102,14 +103,25 @@ def load(path: Path = DEFAULT_TOPOLOGY) -> Topology:
         machines = tuple(Node(m["name"], "agent", str(m.get("address", "127.0.0.1")), _nbd_ports(m),
                               tuple(DiskSpec(d["name"], int(d["size_mib"]) * MiB) for d in m.get("disks", [])))
                          for m in onprem.get("machines", []))
+        hypervisors = tuple(_hypervisor(h) for h in onprem.get("hypervisors", []))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"topology {path} is incomplete: {exc!r}") from exc
     if not any(m.site == "cloud" for m in mts) or not any(p.site == "onprem" for p in pss):
         raise ConfigError(f"topology {path} needs at least one MT in the cloud and one PS on-premises")
-    names = [n.name for n in (cs, *mts, *pss, *machines)]
+    names = [n.name for n in (cs, *mts, *pss, *hypervisors, *machines)]
     if len(set(names)) != len(names):
         raise ConfigError(f"topology {path}: node names must be unique")
-    return Topology(cs, mts, pss, machines)
+    return Topology(cs, mts, pss, machines, hypervisors)
+
+
+def _hypervisor(hv: dict[str, Any]) -> Node:
+    """An on-prem hypervisor and its VMs: ``vms = [{name, os?, power_state?, disks = [{name,
+    size_mib}]}]`` (no agent runs on them until one is pushed: ``drlab machine install``)."""
+    vms = [{"name": str(vm["name"]), "os": str(vm.get("os", "linux")),
+            "power_state": str(vm.get("power_state", "on")),
+            "disks": [{"name": str(d["name"]), "size_bytes": int(d["size_mib"]) * MiB} for d in vm.get("disks", [])]}
+           for vm in hv.get("vms", [])]
+    return Node(hv["name"], "hypervisor", hv["address"], {"api": int(hv.get("port", 443))}, config={"vms": vms})
 
 
 def _mts(section: dict[str, Any], site: str) -> tuple[Node, ...]:

@@ -23,7 +23,9 @@ from common.hoststats import CpuSampler, read_mem_pct
 from common.http import ApiClient
 from ps import hashproxy
 from ps.cache import BatchCache
+from ps.discovery import Discovery
 from ps.ingest import IngestContext, build_app
+from ps.push_install import PushInstaller
 from ps.state import Registry
 from ps.throttle import ThrottlePolicy
 from ps.uploader import POLL_INTERVAL_S, Clients, SealerBook, Uploaders
@@ -47,6 +49,8 @@ class PSService:
         self._clients: Clients | None = None
         self._runner: web.AppRunner | None = None
         self._control: component.ControlPlane | None = None
+        self._discovery: Discovery | None = None  # on-prem hypervisors (settings "hypervisors")
+        self._push: PushInstaller | None = None  # agent push installs (settings "push_installs")
         self._sock: socket.socket | None = None
         self._refresh_lock = asyncio.Lock()
         self._last_refresh = 0.0
@@ -79,6 +83,9 @@ class PSService:
         await self._serve(files, IngestContext(cfg, self.registry, self.cache, self._executor,
                                                self.uploaders.notify, self._refresh_for_unknown_disk))
         self._control = component.ControlPlane(cfg, files, on_settings=self._on_settings, metrics=self.metrics)
+        self._discovery = Discovery(self._control.cs, timeout_s=cfg.request_timeout_s)
+        self._push = PushInstaller(self._control.cs, cs_url=cfg.cs_url, timeout_s=cfg.request_timeout_s,
+                                   max_backoff_s=cfg.retry_max_backoff_s)
         self._control.start()
         log.info("ps_started", component_id=self.component_id, port=self.data_port,
                  cached_batches=self.cache.total_batches)
@@ -106,6 +113,9 @@ class PSService:
             log.info("settings_applied", disks=len(self.registry.disks), changed=sorted(changed))
         if self.uploaders is not None:
             await self.uploaders.sync()
+        for work in (self._discovery, self._push):
+            if work is not None:
+                work.apply(document)
         await self._purge_unlisted(document)
 
     async def _purge_unlisted(self, document: dict[str, Any]) -> None:
@@ -187,6 +197,9 @@ class PSService:
             self._runner = None
         if self.uploaders is not None:
             await self.uploaders.stop()
+        for work in (self._discovery, self._push):
+            if work is not None:
+                await work.stop()
         if self._control is not None:
             await self._control.stop()
             self._control = None

@@ -14,7 +14,7 @@ from cs.state import state_of
 QUERY = ("state", "kind", "target_id", "limit", "before", "cursor")
 JOB_STATES = ("queued", "running", "succeeded", "failed")
 MAX_PAGE = 1000
-KIND = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
+KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
 
 
 def _limit(text: str | None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cs.api import accounts, audit, plans, policies, sites
+from cs.api import accounts, audit, hypervisors, plans, policies, sites
 
 
 def add_routes(app: web.Application) -> None:
@@ -13,3 +13,4 @@ def add_routes(app: web.Application) -> None:
     policies.add_routes(app)
     plans.add_routes(app)
     accounts.add_routes(app)
+    hypervisors.add_routes(app)  # hypervisors, inventory, push install (and the PS's side)

@@ -21,13 +21,17 @@ async def get_ca(request: web.Request) -> web.Response:
     return web.json_response({"ca_pem": state_of(request).ca.cert_pem.decode()})
 
 
-@spec.route(public=True, request=spec.obj({"role": spec.STR, "host_id": spec.STR}),
+@spec.route(public=True, request=spec.obj({"role": spec.STR, "host_id": spec.STR, "enroll_token_id": spec.HEX_ID},
+                                          required=("role", "host_id")),
             response=spec.obj({"challenge_id": spec.HEX_ID, "server_nonce": spec.STR, "salt": spec.STR,
                                "kdf": spec.ANY_OBJ}), tags=("registration",))
 async def post_challenge(request: web.Request) -> web.Response:
-    """A single-use registration challenge (server nonce, salt and scrypt parameters)."""
-    role, host_id = registration.parse_challenge(await http.read_json(request))
-    return web.json_response(await registration.new_challenge(state_of(request), role, host_id))
+    """A single-use registration challenge (server nonce, salt and scrypt parameters). With
+    ``enroll_token_id`` (agents only) the registration proves the token's key instead."""
+    body = await http.read_json(request)
+    role, host_id = registration.parse_challenge(body)
+    token_id = registration.parse_challenge_token(body, role)
+    return web.json_response(await registration.new_challenge(state_of(request), role, host_id, token_id))
 
 
 @spec.route(public=True, status=201, response=spec.obj({"component_id": spec.HEX_ID, "cert_pem": spec.STR,

@@ -58,9 +58,27 @@ class Challenge(Base):
     host_id: Mapped[str] = mapped_column(String(255))
     expires_at: Mapped[int] = mapped_column(BigInteger)  # ns
     used: Mapped[bool] = mapped_column(Boolean, default=False)
+    enroll_token_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # cs/enrollment.py
 
     def __repr__(self) -> str:
         return f"Challenge({self.challenge_id}, {self.role}, {self.host_id}, used={self.used})"
+
+
+class EnrollmentToken(Base):
+    """A single-use agent enrollment token (cs/enrollment.py); the key is sealed, never in clear."""
+
+    __tablename__ = "enrollment_tokens"
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host_id: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="agent")
+    key_enc: Mapped[str] = mapped_column(String(255))  # accounts.StoreKey.seal(token_id, b64(key))
+    expires_at: Mapped[int] = mapped_column(BigInteger)  # ns
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+
+    def __repr__(self) -> str:  # never the key
+        return f"EnrollmentToken({self.token_id}, {self.role}, {self.host_id}, used={self.used})"
 
 
 class Disk(Base):
@@ -407,3 +425,6 @@ class AuditEvent(Base):
 
     def __repr__(self) -> str:
         return f"AuditEvent({self.audit_id}, {self.entity}/{self.entity_id}, {self.action}, by {self.actor})"
+
+
+from cs.db import inventory as _inventory  # noqa: E402,F401  (hypervisors, discovered machines: cs/db/inventory.py)

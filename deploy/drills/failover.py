@@ -78,7 +78,7 @@ async def scenario(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, s
 async def bookmark(admin: Any, machine_id: str, name: str, consistency: str) -> dict[str, Any]:
     """A bookmark of the machine by the CS's two-phase protocol, once committed (an aborted one
     fails the step)."""
-    api = admin._api
+    api = admin.api
     bm = await api.post("/v1/bookmarks", {"machines": [machine_id], "name": name, "consistency": consistency,
                                           "timeout_s": 5})
     deadline = time.monotonic() + BOOKMARK_TIMEOUT_S

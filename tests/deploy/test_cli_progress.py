@@ -14,7 +14,7 @@ import pytest
 from deploy import cli, cli_progress
 from deploy.cli_progress import follow_job, follow_protect
 
-M, D0, D1 = "m" * 32, "a" * 32, "b" * 32
+M, D0, D1 = "c" * 32, "a" * 32, "b" * 32
 STEPS = [{"name": "start", "percent": 5.0, "detail": "machine failover job x"},
          {"name": "phase failover", "percent": 60.0, "detail": "41"},
          {"name": "failed over", "percent": 100.0, "detail": "W 41"}]
@@ -163,6 +163,7 @@ class FakeAdmin(FakeDisks):
     def __init__(self) -> None:
         super().__init__(REPLICATION)
         self.protected: list[tuple[str, Any]] = []
+        self.api = None  # never called: the machine is named by its id
 
     async def protect(self, machine_id: str, policy: str | None = None, **targets: Any) -> list[dict[str, Any]]:
         self.protected.append((machine_id, policy))

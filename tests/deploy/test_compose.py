@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from deploy.lab import MODULES
 from deploy.topology import DEFAULT_TOPOLOGY, Node
 from deploy.topology import load as load_topology
 
@@ -60,7 +61,7 @@ def test_compose_services_are_the_lab_topology_nodes() -> None:
     volumes = set(compose_config().get("volumes") or {})
     for name, node in nodes.items():
         service = services[name]
-        assert service["command"][0] == node.role, (name, service["command"])
+        assert service["command"][0] == MODULES.get(node.role, node.role), (name, service["command"])
         assert service["labels"] == {"drlab.role": node.role, "drlab.site": node.site}, name
         nets = networks_of(service)
         assert node.site in nets, f"{name} is not on its site's network {node.site}: {nets}"
@@ -75,6 +76,7 @@ def test_compose_services_are_the_lab_topology_nodes() -> None:
 
 def test_compose_configs_are_the_nodes_with_canonical_ports() -> None:
     from common.config import AgentConfig, CSConfig, MTConfig, PSConfig, load
+    from deploy.hvconfig import HypervisorConfig
 
     assert load(CSConfig, COMPOSE_DIR / "cs.toml").port == 443
     for name, node in topology_nodes().items():
@@ -83,6 +85,13 @@ def test_compose_configs_are_the_nodes_with_canonical_ports() -> None:
         path = COMPOSE_DIR / f"{name}.toml"
         assert path.exists(), f"no config for {name} in deploy/compose/"
         assert f"/etc/drlab/{name}.toml" in daemons()[name]["command"]
+        if node.role == "hypervisor":
+            hv = load(HypervisorConfig, path)
+            assert (hv.port, hv.listen_host) == (443, "0.0.0.0") and hv.port == node.ports["api"]
+            assert [(vm.name, vm.power_state, [(d.name, d.size_bytes) for d in vm.disks]) for vm in hv.vms] == [
+                (vm["name"], vm["power_state"], [(d["name"], d["size_bytes"]) for d in vm["disks"]])
+                for vm in node.config["vms"]]
+            continue
         if node.role == "agent":
             agent = load(AgentConfig, path)
             assert agent.host_id == name

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,10 +32,12 @@ class Machine:
 
 
 def write_topology(path: Path, net: int, disk_mib: int = 32, pss: int = 1, *,
-                   machines: list[Machine] | None = None, ps_extra: str = "", way_back: bool = False) -> Path:
+                   machines: list[Machine] | None = None, ps_extra: str = "", way_back: bool = False,
+                   extra: str = "") -> Path:
     """A lab of one CS, one MT, ``pss`` process servers (``ps_extra``: more keys of each, e.g.
     ``", cache_mib = 8"``) and ``machines`` (default: one with one disk of ``disk_mib``);
-    ``way_back``: also a cloud PS and an on-prem MT (reprotect and failback)."""
+    ``way_back``: also a cloud PS and an on-prem MT (reprotect and failback); ``extra``: more
+    TOML at the end (e.g. ``[[onprem.hypervisors]]``)."""
     ps_list = ", ".join(f'{{ name = "ps{i}", address = "127.{net}.1.{i}", data_port = 9443{ps_extra} }}'
                         for i in range(1, pss + 1))
     hosts = machines if machines is not None else [Machine(disks={"disk0": disk_mib})]
@@ -46,8 +50,20 @@ cs = {{ address = "127.{net}.2.1", port = 443 }}
 mt = [{{ name = "mt1", address = "127.{net}.2.2", data_port = 9443, control_port = 9080 }}]
 {cloud_back}[onprem]
 ps = [{ps_list}]
-{onprem_back}""" + "".join(m.toml() for m in hosts))
+{onprem_back}""" + "".join(m.toml() for m in hosts) + extra)
     return path
+
+
+def run_cli(lab: Lab, *args: str, ok: bool | None = True, timeout_s: float = 120.0,
+            input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``drlab --topology … --dir … ARGS`` as an operator runs it (``input_text`` on its stdin);
+    ``ok``: the exit code must be 0 (True), must not be (False), or is not checked (None)."""
+    cmd = [sys.executable, "-m", "deploy.cli", "--topology", str(lab.root.parent / "lab.toml"), "--dir",
+           str(lab.root), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False, input=input_text)
+    if ok is not None:
+        assert (proc.returncode == 0) == ok, (proc.returncode, proc.stdout[-2000:] + proc.stderr[-2000:])
+    return proc
 
 
 LabMaker = Callable[..., Lab]

@@ -163,6 +163,10 @@ async def test_user_resync_of_an_equal_replica_sends_nothing(site: Site) -> None
     assert verified["result"]["differing"] == [] and verified["result"]["blocks_compared"] == SIZE // BLOCK
     code, out = await drlab(s, "disk", "resyncs", s.disk_id)
     assert code == 0 and [r["reason"] for r in json.loads(out)] == ["user", "initial"]
+    # --wait follows the resync until the disk is protected again (plain lines / JSON: the disks)
+    code, out = await drlab(s, "disk", "resync", s.disk_id, "--wait", "--timeout-s", "30")
+    [disk] = json.loads(out)
+    assert code == 0 and (disk["disk_id"], disk["state"], disk["generation"]) == (s.disk_id, "protected", 3), out
 
 
 def corrupt(replica: Path, rng: random.Random, count: int) -> list[int]:

@@ -2,7 +2,9 @@
 
 An operator logs in through the page's form; the machines and components tables show what the API
 says; the machine's RPO is shown once it has points; a click on "Test failover" starts a job the
-jobs table shows within seconds, and follows to its end without a reload; a screenshot is saved.
+jobs table shows within seconds, and follows to its end without a reload; the discovered machines
+of the lab's hypervisor are listed as GET /v1/inventory says, to an admin and to a reader session;
+a screenshot is saved.
 Chromium comes from Debian (`make system-deps`, part of `make test`): without it the test fails.
 """
 
@@ -13,7 +15,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,54 @@ from common import tls
 from common.http import ApiClient
 from deploy.lab import Lab
 from deploy.scenario import Scenario
-from tests.integration.conftest import LabMaker
+from deploy.topology import load
+from tests.integration.conftest import write_topology
 
 OPERATOR, PASSWORD = "dash-admin", "dashboard password 1"
+READER = "dash-reader"
 WAIT_S = 20.0
+HV = """
+[[onprem.hypervisors]]
+name = "hv1"
+address = "127.{net}.1.10"
+port = 443
+vms = [
+  {{ name = "web1", disks = [{{ name = "disk0", size_mib = 8 }}] }},
+  {{ name = "old1", os = "windows", power_state = "off", disks = {old1_disks} }},
+]
+"""
+OLD1_DISKS = '[{ name = "disk0", size_mib = 8 }, { name = "disk1", size_mib = 4 }]'
+
+
+@pytest.fixture
+async def hvlab(tmp_path: Path) -> AsyncIterator[Lab]:
+    """The lab of ``make_lab(32)`` (one machine, one 32 MiB disk) and a hypervisor hv1 with two VMs."""
+    net = random.randrange(30, 250)
+    topo = write_topology(tmp_path / "lab.toml", net, 32, extra=HV.format(net=net, old1_disks=OLD1_DISKS))
+    lab = Lab(load(topo), tmp_path / "lab")
+    try:
+        yield lab
+    finally:
+        left = lab.down()
+        assert not left, f"daemons needed SIGKILL at teardown: {left}"
+
+
+def size(n: int) -> str:
+    """A disk size as the page writes it (dashboard.js ``size``)."""
+    unit, div = ("GiB", 2**30) if n >= 2**30 else ("MiB", 2**20) if n >= 2**20 else ("B", 1)
+    return f"{round(n / div, 1):g} {unit}"
+
+
+def inventory_rows(items: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """GET /v1/inventory's items as the discovered-machines table should show them."""
+    return sorted((i["hypervisor"], i["vm"], i["power_state"],
+                   ", ".join(f"{d['name']} {size(d['size_bytes'])}" for d in i["disks"]),
+                   "installed" if i["agent_installed"] else "—",
+                   i["component_id"][:8] if i["component_id"] else "—",
+                   "protected" if i["protected"] else "no") for i in items)
+
+
+INVENTORY_COLS = ("hypervisor", "vm", "power", "disks", "agent", "machine", "protected")
 
 
 def chromium() -> str:
@@ -70,11 +116,11 @@ async def table(page: Any, table_id: str, *cols: str) -> list[tuple[str, ...]]:
 
 
 @pytest.mark.timeout(240)
-async def test_dashboard_shows_the_api_and_follows_a_job(make_lab: LabMaker, tmp_path: Path) -> None:
+async def test_dashboard_shows_the_api_and_follows_a_job(hvlab: Lab, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright  # a dev dependency (pyproject.toml)
 
     exe = chromium()
-    lab: Lab = make_lab(32)
+    lab = hvlab
     seed = int(os.environ.get("DRLAB_SEED") or random.randrange(1, 2**31))
     print(f"DRLAB_SEED={seed}")
     sc = Scenario(lab, seed)
@@ -86,6 +132,13 @@ async def test_dashboard_shows_the_api_and_follows_a_job(make_lab: LabMaker, tmp
         await asyncio.to_thread(sc.finish_workload, proc, 60)
         await sc.wait_machine_drained(admin)
         await api.post("/v1/operators", {"name": OPERATOR, "role": "admin", "password": PASSWORD})
+        await api.post("/v1/operators", {"name": READER, "role": "reader", "password": PASSWORD})
+
+        async def discovered() -> Any:
+            items = (await api.get("/v1/inventory"))["items"]
+            return items if {i["vm"] for i in items} == {"web1", "old1"} else None
+
+        await eventually("hv1's discovery reported its VMs", discovered, timeout_s=60)
 
         browser = await pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
         try:
@@ -116,6 +169,15 @@ async def test_dashboard_shows_the_api_and_follows_a_job(make_lab: LabMaker, tmp
             assert await same("the machines table shows GET /v1/machines", machines) == [
                 (sc.machine.name, "protected")]
             assert len(await same("the components table shows GET /v1/components", components)) == 3
+
+            async def inventory() -> tuple[Any, Any]:
+                want = inventory_rows((await api.get("/v1/inventory"))["items"])
+                return await table(page, "inventory", *INVENTORY_COLS), want
+
+            assert await same("the discovered machines table shows GET /v1/inventory", inventory) == [
+                ("hv1", "old1", "off", "disk0 8 MiB, disk1 4 MiB", "—", "—", "no"),
+                ("hv1", "web1", "on", "disk0 8 MiB", "—", "—", "no")]
+            assert "hv1: 2 machines" in await page.inner_text("#hypervisors-note")
             rpo = (await api.get("/v1/dashboard/rpo"))["machines"]
             assert sc.machine_id in rpo, rpo  # the machine has points: it has an RPO
             row = f'#machines tr[data-id="{sc.machine_id}"]'
@@ -158,6 +220,23 @@ async def test_dashboard_shows_the_api_and_follows_a_job(make_lab: LabMaker, tmp
             await page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
             print(f"dashboard screenshot: {shot}")
+
+            reader = await (await browser.new_context(ignore_https_errors=True)).new_page()  # its own cookie
+            reader.set_default_timeout(WAIT_S * 1000)
+            await reader.goto(lab.topology.cs_url + "/dashboard")
+            await reader.fill("#login-name", READER)
+            await reader.fill("#login-password", PASSWORD)
+            await reader.click("#login-submit")
+            await reader.wait_for_selector("#dashboard-view:not([hidden])")
+            assert "(reader)" in await reader.inner_text("#who")
+
+            async def reader_inventory() -> tuple[Any, Any]:
+                want = inventory_rows((await api.get("/v1/inventory"))["items"])
+                return await table(reader, "inventory", *INVENTORY_COLS), want
+
+            assert len(await same("a reader's page shows GET /v1/inventory", reader_inventory)) == 2
+            assert await reader.is_disabled(f'{row} button[data-action="test-failover"]')
+            assert not await reader.is_visible("#banner")  # every poll answered (no 403)
         finally:
             await browser.close()
             await api.close()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from common.http import ApiClient
 from deploy.lab import Lab
 from deploy.scenario import MachineCheck, Scenario
 from deploy.topology import load
-from tests.integration.conftest import Machine, until, write_topology
+from tests.integration.conftest import Machine, run_cli, until, write_topology
 
 DISK_MIB = 16
 
@@ -56,11 +54,7 @@ async def verified(sc: Scenario, job: dict[str, Any], label: str) -> MachineChec
 
 
 def drlab(lab: Lab, *args: str) -> str:
-    cmd = [sys.executable, "-m", "deploy.cli", "--topology", str(lab.root.parent / "lab.toml"), "--dir",
-           str(lab.root), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc.stdout
+    return run_cli(lab, *args, timeout_s=120).stdout
 
 
 def job_of(out: str) -> dict[str, Any]:

@@ -71,7 +71,7 @@ async def cli_machine_failover(lab: Lab, sc: Scenario, wnum: int) -> MachineChec
     """`drlab failover --machine ID --wnum W`, as an operator runs it."""
     started = time.monotonic()
     cmd = [sys.executable, "-m", "deploy.cli", "--topology", str(lab.root.parent / "lab.toml"), "--dir",
-           str(lab.root), "failover", "--machine", sc.machine_id, "--wnum", str(wnum), "--timeout-s", "60"]
+           str(lab.root), "--json", "failover", "--machine", sc.machine_id, "--wnum", str(wnum), "--timeout-s", "60"]
     proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=90, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     job = json.loads(proc.stdout)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from common import oracle
 from deploy.lab import Lab
 from deploy.scenario import MachineCheck, Scenario
 from deploy.topology import load
-from tests.integration.conftest import Machine
+from tests.integration.conftest import Machine, run_cli
 from tests.integration.conftest import write_topology as lab_topology
 
 DISK_MIB = 16
@@ -56,11 +54,7 @@ async def bookmark(admin: Any, machine_id: str, name: str, consistency: str) -> 
 
 
 def drlab(lab: Lab, *args: str) -> str:
-    cmd = [sys.executable, "-m", "deploy.cli", "--topology", str(lab.root.parent / "lab.toml"), "--dir",
-           str(lab.root), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return proc.stdout
+    return run_cli(lab, *args, timeout_s=60).stdout
 
 
 def assert_at(check: MachineCheck, item: dict[str, Any]) -> None:

@@ -49,10 +49,14 @@ class FakeCS:
         doc = self.per_component.get(identity(request).component_id, self.document)
         return web.json_response({"version": self.version, "document": doc})
 
+    def add_routes(self, app: web.Application) -> None:
+        """More routes of a subclass (e.g. psfakehv.HvFakeCS's)."""
+
     async def start(self, files: tls.IdentityFiles) -> str:
         app = make_app()
         app.router.add_post("/v1/heartbeat", self.heartbeat)
         app.router.add_get("/v1/settings", self.settings)
+        self.add_routes(app)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls.server_context(files))

@@ -96,6 +96,29 @@ function renderAlerts(items) {
     cell("message", a.message), cell("raised", ago(a.raised_ns)))), "no active alerts");
 }
 
+function size(bytes) {
+  const [unit, div] = bytes >= 2 ** 30 ? ["GiB", 2 ** 30] : bytes >= 2 ** 20 ? ["MiB", 2 ** 20] : ["B", 1];
+  return `${+(bytes / div).toFixed(1)} ${unit}`;
+}
+
+function renderInventory(items) {
+  fill("inventory", items.map((v) => el("tr", { data: { id: `${v.hypervisor}/${v.vm}` } },
+    cell("hypervisor", v.hypervisor), cell("vm", v.vm), cell("power", badge(v.power_state)),
+    cell("disks", v.disks.map((d) => `${d.name} ${size(d.size_bytes)}`).join(", ")),
+    cell("agent", v.agent_installed ? "installed" : "—"),
+    cell("machine", v.component_id ? shortId(v.component_id) : "—"),
+    cell("protected", v.protected ? badge("protected") : "no"))),
+  "no machines discovered on a hypervisor");
+}
+
+function renderHypervisors(items) {
+  $("hypervisors-note").textContent = items.map((h) => {
+    const seen = h.last_discovery_ns ? `discovered ${ago(h.last_discovery_ns)}` : "not discovered yet";
+    const error = h.last_error ? `, error: ${h.last_error.code || ""} ${String(h.last_error.message || "").slice(0, 120)}` : "";
+    return `${h.name}: ${h.machines} machine${h.machines === 1 ? "" : "s"}, ${seen}${error}`;
+  }).join(" · ");
+}
+
 function jobTarget(j) {
   const id = j.machine_id || j.disk_id;
   const m = S.machines.find((x) => x.machine_id === id || x.disks.some((d) => d.disk_id === id));
@@ -224,16 +247,19 @@ async function refreshPoints() {
 
 async function poll() {
   try {
-    const [comps, machines, jobs, alerts, rpo] = await Promise.all([
+    const [comps, machines, jobs, alerts, rpo, inventory, hypervisors] = await Promise.all([
       api("GET", "/v1/components?limit=1000"), api("GET", "/v1/machines?limit=1000"),
       api("GET", "/v1/jobs?limit=20"), api("GET", "/v1/alerts?active=1&limit=100"),
-      api("GET", `/v1/dashboard/rpo?since_ns=${S.lastSample}`)]);
+      api("GET", `/v1/dashboard/rpo?since_ns=${S.lastSample}`), api("GET", "/v1/inventory"),
+      api("GET", "/v1/hypervisors?limit=1000")]);
     S.rpo = rpo.machines;
     S.history = S.history.concat(rpo.history).slice(-1800);
     if (rpo.history.length) S.lastSample = rpo.history[rpo.history.length - 1].t_ns;
     renderComponents(comps.items);
     renderMachines(machines.items);
     renderAlerts(alerts.items);
+    renderInventory(inventory.items);
+    renderHypervisors(hypervisors.items);
     renderJobs(jobs.items.filter((j) => !(j.params && j.params.listing)));
     renderChart();
     if (S.selected && Date.now() - S.pointsAt > POINTS_EVERY_MS) refreshPoints();

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Down revision: None
-Create Date: 2026-11-30 01:32:47.571579
+Create Date: 2026-11-30 04:16:40.531212
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ def upgrade() -> None:
         sa.Column("host_id", sa.String(length=255), nullable=False),
         sa.Column("expires_at", sa.BigInteger(), nullable=False),
         sa.Column("used", sa.Boolean(), nullable=False),
+        sa.Column("enroll_token_id", sa.String(length=32), nullable=True),
         sa.PrimaryKeyConstraint("challenge_id"),
     )
     op.create_table(
@@ -141,6 +142,22 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("component_id"),
         sa.UniqueConstraint("role", "host_id"),
     )
+    op.create_table(
+        "discovered_machines",
+        sa.Column("hypervisor", sa.String(length=64), nullable=False),
+        sa.Column("vm", sa.String(length=255), nullable=False),
+        sa.Column("host_id", sa.String(length=255), nullable=False),
+        sa.Column("address", sa.String(length=255), nullable=False),
+        sa.Column("os", sa.String(length=32), nullable=False),
+        sa.Column("power_state", sa.String(length=16), nullable=False),
+        sa.Column("disks", sa.JSON(), nullable=False),
+        sa.Column("agent_installed", sa.Boolean(), nullable=False),
+        sa.Column("seen_ns", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("hypervisor", "vm"),
+    )
+    with op.batch_alter_table("discovered_machines", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_discovered_machines_host_id"), ["host_id"], unique=False)
+
     op.create_table(
         "disk_drains",
         sa.Column("disk_id", sa.String(length=32), nullable=False),
@@ -179,6 +196,18 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_disks_ps_id"), ["ps_id"], unique=False)
 
     op.create_table(
+        "enrollment_tokens",
+        sa.Column("token_id", sa.String(length=32), nullable=False),
+        sa.Column("host_id", sa.String(length=255), nullable=False),
+        sa.Column("role", sa.String(length=16), nullable=False),
+        sa.Column("key_enc", sa.String(length=255), nullable=False),
+        sa.Column("expires_at", sa.BigInteger(), nullable=False),
+        sa.Column("used", sa.Boolean(), nullable=False),
+        sa.Column("job_id", sa.String(length=32), nullable=True),
+        sa.Column("created_ns", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("token_id"),
+    )
+    op.create_table(
         "health_windows",
         sa.Column(
             "window_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
@@ -193,6 +222,23 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("health_windows", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_health_windows_source_id"), ["source_id"], unique=False)
+
+    op.create_table(
+        "hypervisors",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("address", sa.String(length=255), nullable=False),
+        sa.Column("port", sa.Integer(), nullable=False),
+        sa.Column("account", sa.String(length=64), nullable=False),
+        sa.Column("ps_id", sa.String(length=32), nullable=False),
+        sa.Column("fingerprint", sa.String(length=64), nullable=True),
+        sa.Column("discover_seq", sa.Integer(), nullable=False),
+        sa.Column("last_discovery_ns", sa.BigInteger(), nullable=True),
+        sa.Column("last_error", sa.JSON(), nullable=True),
+        sa.Column("created_ns", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
+    with op.batch_alter_table("hypervisors", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_hypervisors_ps_id"), ["ps_id"], unique=False)
 
     op.create_table(
         "jobs",
@@ -385,10 +431,15 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_jobs_disk_id"))
 
     op.drop_table("jobs")
+    with op.batch_alter_table("hypervisors", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_hypervisors_ps_id"))
+
+    op.drop_table("hypervisors")
     with op.batch_alter_table("health_windows", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_health_windows_source_id"))
 
     op.drop_table("health_windows")
+    op.drop_table("enrollment_tokens")
     with op.batch_alter_table("disks", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_disks_ps_id"))
         batch_op.drop_index(batch_op.f("ix_disks_mt_id"))
@@ -399,6 +450,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_disk_drains_ps_id"))
 
     op.drop_table("disk_drains")
+    with op.batch_alter_table("discovered_machines", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_discovered_machines_host_id"))
+
+    op.drop_table("discovered_machines")
     op.drop_table("components")
     op.drop_table("challenges")
     with op.batch_alter_table("certificates", schema=None) as batch_op:

@@ -1,11 +1,11 @@
-"""agent/tasks.py: owned tasks are cancelled and waited for, within a bound."""
+"""common/tasks.py: owned tasks are cancelled and waited for, within a bound."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from agent.tasks import cancel_and_wait
+from common.tasks import cancel_and_wait
 
 
 async def test_cancel_and_wait_waits_for_cancelled_tasks() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from common import logging as dlog
 
-log = dlog.get("drlab.agent.tasks")
+log = dlog.get("drlab.tasks")
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None], timeout_s: float | None = None) -> None:
