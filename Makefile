@@ -31,8 +31,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check common cs ps mt agent deploy tests bench
 	$(BIN)/mypy
 
+# the unit tests on both cores (each runs servers in-process on port 0), then the process-lab
+# tests one at a time (they start every daemon of a lab and measure what it does)
 test: $(STAMP) system-deps lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --ignore=tests/integration
+	$(BIN)/pytest -q -p no:cacheprovider --durations=10 tests/integration
 
 # CS capacity (not part of `make test`): heartbeats/s and latency beside a no-database endpoint,
 # results in bench/results/. BENCH_ARGS adds options, e.g. BENCH_ARGS="--engine postgresql".

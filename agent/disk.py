@@ -33,13 +33,19 @@ class DiskImage:
         self.name = name or self.path.stem
         self._fd = _open_sized(self.path, size_bytes)
         self.bytes_written = 0  # by clients, since start (the agent reports churn from it)
+        self.limit_bytes = size_bytes  # requests must end within this: less once shrunk (agent/resizewatch.py)
 
     def __repr__(self) -> str:
         return f"DiskImage({self.name}, {self.path}, {self.size_bytes})"
 
     def check(self, offset: int, length: int) -> None:
-        if offset < 0 or length < 0 or offset + length > self.size_bytes:
-            raise DiskBoundsError(f"[{offset}, +{length}) is outside disk {self.name} of {self.size_bytes} bytes")
+        limit = min(self.size_bytes, self.limit_bytes)
+        if offset < 0 or length < 0 or offset + length > limit:
+            raise DiskBoundsError(f"[{offset}, +{length}) is outside disk {self.name} of {limit} bytes")
+
+    def file_size(self) -> int:
+        """The image file's size now (differs from ``size_bytes`` once the disk was resized)."""
+        return os.fstat(self._fd).st_size
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self.check(offset, len(data))

@@ -20,6 +20,7 @@ from agent.disk import DiskImage
 from agent.nbd import NbdServer
 from agent.progress import ProgressReporter
 from agent.replication import Pipeline, Replicator
+from agent.resizewatch import ResizeWatch, adopt
 from agent.shutdown import Shutdown
 from agent.state import AgentState, DiskState, StateStore
 from common import errors, tls
@@ -54,6 +55,7 @@ class AgentService:
         self._ps_lost_task: asyncio.Task[None] | None = None
         self._settings_applied = asyncio.Event()
         self._churn = RateMeter()  # client bytes written per second, between two heartbeats
+        self.resize: ResizeWatch | None = None  # a disk file resized: reported to the CS (agent/resizewatch.py)
 
     @property
     def machine_id(self) -> str:
@@ -86,6 +88,10 @@ class AgentService:
         self.progress = ProgressReporter(self.control.cs, self.replicator, timeout_s=self.cfg.request_timeout_s)
         self.progress.start()
         self.control.start()
+        cs = self.control.cs
+        self.resize = ResizeWatch(self.disks, lambda body: cs.put("/v1/machines/self/disks", body),
+                                  self.cfg.heartbeat_interval_s)
+        self.resize.start()
         # serve writes only once the settings have reopened the pipelines: a write before that
         # would reach the disk untracked
         await self._settings_applied.wait()
@@ -106,6 +112,8 @@ class AgentService:
             await self.blockserver.stop()
         if self.progress is not None:
             await self.progress.stop()
+        if self.resize is not None:
+            await self.resize.stop()
         if self.control is not None:
             await self.control.stop()
         drained = False
@@ -192,7 +200,11 @@ class AgentService:
             if st is None or not st.protected:
                 continue
             partial = hot is not None and (st.resync_done_seq > 0 or st.copy_partial)
-            gen = await self._request_resync(st, "unclean-shutdown")
+            try:
+                gen = await self._request_resync(st, "unclean-shutdown")
+            except errors.Conflict as exc:  # e.g. resized: only disable + enable helps (cs/resize.py)
+                log.warning("unclean_restart_resync_refused", disk=st.disk_id, error=exc.message)
+                continue
             self.state.disks[st.name] = DiskState(disk_id=st.disk_id, name=st.name, generation=gen,
                                                   next_resync_partial=partial)
             log.info("unclean_restart_resync", disk=st.disk_id, name=st.name, gen=gen, partial=partial,
@@ -296,6 +308,9 @@ class AgentService:
         if pipe is not None:
             self._remember(pipe)
             await self.replicator.close(index)
+        if adopt(self.disks[index], int(entry.get("size_bytes", 0))) and self.actlog is not None:
+            self.actlog.sizes[index] = self.disks[index].size_bytes  # protected again at the new size
+            self.actlog.forget(index)
         if entry.get("resync_scope") == "hot" and gen > st.generation and (st.resync_done_seq or st.copy_partial):
             st.next_resync_partial = True  # e.g. a PS switch with the old PS dead: the hot extents only
         self._open(index, st, gen, ps_url, str(entry.get("resync_reason") or "ps-lost"),

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import formats
 from common.tls import durable_write
 
 FILE_NAME = "state.json"
@@ -51,8 +52,7 @@ class AgentState:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> AgentState:
-        if doc.get("version") != VERSION:
-            raise ValueError(f"unsupported state version {doc.get('version')!r}")
+        formats.of_doc("agent state (state.json)", doc, VERSION, key="version")  # missing: 1, newer: refused
         disks = {}
         for item in doc.get("disks", []):
             disk = DiskState(disk_id=str(item["disk_id"]), name=str(item["name"]),

@@ -92,7 +92,7 @@ async def _register(client: ApiClient, passphrase: auth.Passphrase, keys: dict[b
                               host_id=host_id, csr_pem=csr)
     reply = await client.post("/v1/register", {
         "challenge_id": ch["challenge_id"], "role": role, "host_id": host_id, "address": "127.0.0.1",
-        "ports": {}, "version": "bench", "csr_pem": csr.decode(),
+        "ports": {}, "version": "0.1.0", "csr_pem": csr.decode(),
         "client_nonce": base64.b64encode(client_nonce).decode(), "proof": base64.b64encode(proof).decode()})
     ca_pem, cert_pem = reply["ca_pem"].encode(), reply["cert_pem"].encode()
     expected = auth.server_proof(key, server_nonce=server_nonce, client_nonce=client_nonce, role=role,

@@ -149,6 +149,7 @@ class ControlPlane:
         self.renewals = 0
         self.reregistrations = 0
         self._next_reregister = 0.0  # monotonic time before which no new re-registration is tried
+        self.last_rtt_ns: int | None = None  # round trip of the last heartbeat answered
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -164,7 +165,14 @@ class ControlPlane:
         await self.cs.close()
 
     async def heartbeat_once(self) -> None:
-        await self.cs.post("/v1/heartbeat", {"metrics": self._metrics(), "time_ns": time.time_ns()})
+        """Metrics, the wall clock when sent and the round trip of the previous heartbeat (the CS
+        estimates this clock's skew from them: cs/health/clock.py)."""
+        body: dict[str, Any] = {"metrics": self._metrics(), "time_ns": time.time_ns(), "version": __version__}
+        if self.last_rtt_ns is not None:
+            body["rtt_ns"] = self.last_rtt_ns
+        started = time.monotonic_ns()
+        await self.cs.post("/v1/heartbeat", body)
+        self.last_rtt_ns = time.monotonic_ns() - started
 
     async def _heartbeat_loop(self) -> None:
         attempt = 0
@@ -208,7 +216,7 @@ class ControlPlane:
         meta = self.files.read_meta()
         key = tls.new_key()
         csr = tls.make_csr(key, str(meta["role"]), str(meta.get("host_id") or self.component_id))
-        reply = await self.cs.post("/v1/certificate/renew", {"csr_pem": csr.decode()})
+        reply = await self.cs.post("/v1/certificate/renew", {"csr_pem": csr.decode(), "version": __version__})
         cert_pem, ca_pem = str(reply["cert_pem"]).encode(), str(reply["ca_pem"]).encode()
         try:
             tls.check_issued(cert_pem, self.files.ca.read_bytes(), key)

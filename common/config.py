@@ -76,6 +76,7 @@ class HealthConfig:
     churn_window_s: float = 900.0
     rpo_threshold_s: float = 900.0  # for a disk whose policy names none
     rpo_window_s: float = 0.0  # RPO is an age already
+    clock_skew_threshold_s: float = 300.0  # clock_skew: |a component's clock - the CS's| above this (s)
     webhook_url: str = field(default="", repr=False)  # https://[user:token@]host[:port]/path; empty: none
     webhook_ca_file: Path | None = None  # CA bundle to verify the webhook's server (default: the system's)
     webhook_timeout_s: float = 10.0
@@ -162,6 +163,11 @@ class PSConfig(ComponentConfig):
     disk_backlog_resume_pct: float = 75.0
     throttle_retry_after_s: float = 1.0  # Retry-After of a 507 (sent as whole seconds, at least 1)
     cache_fs_check_interval_s: float = 1.0  # how often the filesystem's free space is sampled
+    # Uploads to the MTs through an HTTP CONNECT proxy (ps/uplink.py), e.g. "http://proxy:3128"; "" =
+    # direct. The CS's per-PS setting (drlab ps proxy set) wins over it. Password: a file's first line.
+    upload_proxy: str = ""
+    upload_proxy_username: str = ""
+    upload_proxy_password_file: str = ""  # a path; "" = no password
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cache_throttle_free_pct <= self.cache_resume_free_pct <= 100.0:

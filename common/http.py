@@ -49,11 +49,15 @@ def identity(request: web.Request) -> Identity:
     return ident  # type: ignore[no-any-return]
 
 
+ROOT_HINT: web.AppKey[str] = web.AppKey("root_hint", str)  # the message of GET / (always 400)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes JSON ``{code, message}``; ``GET /`` is a bad request."""
+    """Every failure becomes JSON ``{code, message}``; ``GET /`` is a bad request (its message the
+    app's :data:`ROOT_HINT`, e.g. the PS's data port says what it is: ps/check.py)."""
     if request.path == "/":
-        return json_error(errors.BadRequest("no resource here; the API is under /v1"))
+        return json_error(errors.BadRequest(request.app.get(ROOT_HINT, "no resource here; the API is under /v1")))
     try:
         return await handler(request)
     except errors.DrlabError as exc:
@@ -176,6 +180,8 @@ class ApiClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
+        self.proxy: str | None = None  # an HTTP CONNECT proxy for every request (ps/uplink.py)
+        self.proxy_headers: dict[str, str] | None = None  # Proxy-Authorization, when the proxy has credentials
 
     def __repr__(self) -> str:
         return f"ApiClient({self.base_url})"
@@ -198,7 +204,8 @@ class ApiClient:
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
         try:
             async with self.session.request(method, self.base_url + path, json=json_body, data=data,
-                                            params=params, timeout=timeout, headers=headers) as resp:
+                                            params=params, timeout=timeout, headers=headers,
+                                            proxy=self.proxy, proxy_headers=self.proxy_headers) as resp:
                 raw = await resp.read()
                 body = _parse(raw)
                 if resp.status >= 400:

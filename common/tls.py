@@ -30,7 +30,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common import formats
+
 ROLES = ("cs", "ps", "mt", "agent", "admin")
+META_FORMAT = 1  # identity/identity.json's "format" field (common/formats.py: none is 1)
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,15 @@ class IdentityFiles:
         return self.key.exists() and self.cert.exists() and self.ca.exists() and self.meta.exists()
 
     def read_meta(self) -> dict[str, Any]:
-        return dict(json.loads(self.meta.read_text()))
+        """identity.json without its ``format`` field (common/formats.py: none is 1, a newer one is refused)."""
+        doc = json.loads(self.meta.read_text())
+        formats.of_doc(f"identity {self.meta}", doc, META_FORMAT)
+        return {k: v for k, v in doc.items() if k != formats.FORMAT_KEY}
 
     def write(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, meta: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         durable_write(self.ca, ca_pem)
-        durable_write(self.meta, json.dumps(meta, indent=2).encode())
+        durable_write(self.meta, json.dumps({**meta, formats.FORMAT_KEY: META_FORMAT}, indent=2).encode())
         self.replace_pair(key_pem, cert_pem)
 
     def _pending(self, path: Path) -> Path:

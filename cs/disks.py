@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
 from common import logging as dlog
-from cs import protection, release, targets, validate
+from cs import protection, release, resize, targets, validate
 from cs.db import repo
 from cs.db.models import Component, Disk, Machine, Resync
 from cs.state import CSState
@@ -113,7 +113,7 @@ def parse_reported(body: dict[str, Any]) -> list[tuple[str, int]]:
 
 async def report(state: CSState, machine_id: str, reported: list[tuple[str, int]]) -> list[dict[str, str]]:
     """Create the machine's new disks (ids are stable per (machine, name)); record size changes (a
-    protected disk whose size changed is resynced, reason ``disk-resize``)."""
+    protected disk whose size changed goes ``resync-required`` until disable + enable, cs/resize.py)."""
     async with state.change() as session:
         known = {d.name: d for d in await repo.disks(session, machine_id=machine_id)}
         for name, size in reported:
@@ -125,11 +125,8 @@ async def report(state: CSState, machine_id: str, reported: list[tuple[str, int]
                 session.add(disk)
                 known[name] = disk
                 log.info("disk_reported", machine_id=machine_id, name=name, disk_id=disk.disk_id, size_bytes=size)
-            elif disk.size_bytes != size:
-                log.info("disk_resized", disk_id=disk.disk_id, old=disk.size_bytes, new=size)
-                disk.size_bytes = size
-                if disk.ps_id is not None:  # the replica must follow: a resync under a new generation
-                    await bump_for_resync(session, disk, "disk-resize")
+            elif disk.state not in FAILOVER_STATES:  # a protected disk resized: resync-required (cs/resize.py)
+                await resize.on_report(session, disk, size)
     return [{"name": name, "disk_id": known[name].disk_id} for name, _ in reported]
 
 
@@ -177,7 +174,8 @@ async def progress(state: CSState, machine_id: str, disk_id: str, values: Progre
         disk = await own_disk(session, disk_id, machine_id)
         if values.generation is not None and values.generation != disk.generation:
             return False
-        kept = disk.state in FAILOVER_STATES  # the CS's failover operations own these (cs/machine_ops.py)
+        # the CS's failover operations own these (cs/machine_ops.py); a resized disk waits (cs/resize.py)
+        kept = disk.state in FAILOVER_STATES or resize.stopped(disk)
         reported = "reprotecting" if values.state == "initial-replication" and disk.replica_path else values.state
         disk.state, disk.percent, disk.bytes_done, disk.bytes_total = (disk.state if kept else reported,
                                                                        values.percent, values.bytes_done,
@@ -226,6 +224,7 @@ async def bump_for_resync(session: AsyncSession, disk: Disk, reason: str) -> int
     """A new generation for ``disk`` (in an open settings-changing transaction) and its record."""
     if disk.ps_id is None:
         raise errors.Conflict(f"disk {disk.disk_id} is not protected")
+    await resize.refuse_resync(session, disk)  # only disable + enable clears a resize
     disk.generation += 1
     disk.state, disk.percent, disk.bytes_done = "resync", 0.0, 0
     await start_resync(session, disk, reason)
@@ -262,6 +261,7 @@ async def protect(state: CSState, machine_id: str, policy: str | None = None,
         excluded = await release.excluded(session, disks)  # excluded disks stay out (POST .../include)
         for disk in disks:
             if not replicating(disk) and disk.disk_id not in excluded:
+                await resize.on_enable(session, disk)  # a resized disk: protected at its new size
                 _enable(disk, ps_id, mt_id)
                 disk.replica_path = request.seed.get(disk.name)
                 await start_resync(session, disk, "initial" if disk.replica_path is None else "seeded")

@@ -33,7 +33,7 @@ from sqlalchemy import select
 from common import errors
 from common import logging as dlog
 from cs import disks as disk_ops
-from cs import machines, protection, release, runner
+from cs import failover_props, machines, protection, release, runner
 from cs.db import meta, repo
 from cs.db.models import Disk, Job
 from cs.runner import JobContext
@@ -235,7 +235,7 @@ async def failover_mode(ctx: JobContext, mode: str) -> dict[str, Any]:
         await _set_states(ctx, dict.fromkeys(views, "failed-over"))
     await ctx.step("failed over" if mode in REAL else "test failed over", percent=95.0,
                    detail=f"W {result.get('wnum')}")
-    return {**result, "machine_job_id": ctx.params["machine_job"],
+    return {**result, "machine_job_id": ctx.params["machine_job"], "target": await _target(ctx),
             "failover": {"mode": mode, "views": views, "wnum": result.get("wnum"), "job_id": ctx.job_id,
                          **({"planned": True, "planned_job": ctx.job_id} if mode == "planned" else {})}}
 
@@ -281,8 +281,14 @@ async def _commit(ctx: JobContext) -> dict[str, Any]:
     await _set_states(ctx, dict.fromkeys(jobs, "committed"))
     await ctx.step("committed", percent=95.0)
     return {"machine_id": ctx.target_id, "disks": [{"disk_id": d, "job_id": j.job_id, "result": j.result}
-                                                   for d, j in sorted(jobs.items())],
+                                                   for d, j in sorted(jobs.items())], "target": await _target(ctx),
             "failover": {**ctx.params["failover"], "mode": "committed", "job_id": ctx.job_id}}
+
+
+async def _target(ctx: JobContext) -> dict[str, Any]:
+    """The machine's failover properties as the result shows them: the twin boots under ``name``."""
+    async with ctx.state.db.read() as session:
+        return failover_props.target(await failover_props.read(session, ctx.target_id))
 
 
 async def _run_test(ctx: JobContext) -> dict[str, Any]:

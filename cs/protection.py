@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from common import errors
 from common import logging as dlog
-from cs import policies
+from cs import failover_props, policies
 from cs.db import repo
 from cs.db.models import Component, Disk, Machine, Policy
 
@@ -114,9 +114,11 @@ async def listing(session: AsyncSession, *, limit: int, after: str | None = None
 
 
 async def get(session: AsyncSession, machine_id: str) -> dict[str, Any]:
+    """One machine's view, with its failover properties (cs/failover_props.py)."""
     agent = await agent_or_404(session, machine_id)
-    return machine_view(agent, await session.get(Machine, machine_id),
+    view = machine_view(agent, await session.get(Machine, machine_id),
                         await repo.disks(session, machine_id=machine_id))
+    return {**view, "failover_properties": await failover_props.read(session, machine_id)}
 
 
 async def rename(session: AsyncSession, machine_id: str, name: str) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy import delete
 
 from common import auth, errors, tls
 from common import logging as dlog
-from cs import accounts, enrollment, revocation, validate
+from cs import accounts, enrollment, revocation, upgrade, validate
 from cs.db import meta, repo
 from cs.db.engine import Database
 from cs.db.models import Challenge, Component
@@ -135,6 +135,7 @@ def _check_proof(key: bytes, server_nonce: bytes, req: RegisterRequest) -> None:
 
 
 async def register(state: CSState, req: RegisterRequest) -> dict[str, Any]:
+    upgrade.check(req.role, req.version)  # a component newer than this CS: refused before anything is stored
     server_nonce, key = await _consume(state, req)
     _check_proof(key, server_nonce, req)
     async with state.db.read() as session:
@@ -145,6 +146,8 @@ async def register(state: CSState, req: RegisterRequest) -> dict[str, Any]:
     async with state.change() as session:
         await _upsert(session, req, component_id, tls.serial_hex(cert_pem))
         await _record(session, cert_pem, component_id, await revocation.current_epoch(session))
+        if req.role in upgrade.ROLES:
+            await upgrade.refresh(session)
     proof = auth.server_proof(key, server_nonce=server_nonce, client_nonce=req.client_nonce, role=req.role,
                               host_id=req.host_id, ca_der=tls.der_of_pem(state.ca.cert_pem),
                               cert_der=tls.der_of_pem(cert_pem))
@@ -164,8 +167,16 @@ def parse_renew(body: dict[str, Any]) -> bytes:
     return validate.string(body, "csr_pem", max_len=MAX_CSR_CHARS).encode()
 
 
-async def renew(state: CSState, ident: tls.Identity, csr_pem: bytes) -> dict[str, Any]:
-    """A new certificate for a registered component, same id, role and passphrase epoch."""
+def parse_renew_version(body: dict[str, Any]) -> str | None:
+    """The optional ``version`` a renewing component reports (what it runs now)."""
+    return None if body.get("version") is None else validate.string(body, "version", max_len=64)
+
+
+async def renew(state: CSState, ident: tls.Identity, csr_pem: bytes, version: str | None = None) -> dict[str, Any]:
+    """A new certificate for a registered component, same id, role and passphrase epoch; a
+    ``version`` newer than this CS is refused (cs/upgrade.py), else it is recorded."""
+    if version is not None:
+        upgrade.check(ident.role, version)
     async with state.db.read() as session:
         comp = await session.get(Component, ident.component_id)
         epoch = await revocation.epoch_of(session, ident.serial)
@@ -180,6 +191,10 @@ async def renew(state: CSState, ident: tls.Identity, csr_pem: bytes) -> dict[str
             raise errors.Unauthorized(f"component {comp.component_id} is not registered here")
         row.cert_serial = serial
         await _record(session, cert_pem, comp.component_id, epoch)
+        if version is not None and version != row.version:
+            row.version = version
+            if row.role in upgrade.ROLES:
+                await upgrade.refresh(session)
     log.info("certificate_renewed", role=comp.role, component_id=comp.component_id, serial=serial)
     return {"component_id": comp.component_id, "cert_pem": cert_pem.decode(), "ca_pem": state.ca.cert_pem.decode()}
 

@@ -174,16 +174,23 @@ async def revoke_component(state: CSState, component_id: str) -> list[str]:
             raise errors.NotFound(f"no component {component_id}")
         if comp.role not in ("ps", "mt", "agent"):
             raise errors.BadRequest(f"a {comp.role} certificate is not revoked this way")
-        certs = list((await session.scalars(select(Certificate).where(
-            Certificate.component_id == component_id, Certificate.expires_ns > now))).all())
-        if comp.cert_serial and comp.cert_serial not in {c.serial for c in certs}:
-            row = await session.get(Certificate, comp.cert_serial)
-            if row is None:  # issued before certificates were recorded: keep it revoked for a year
-                row = Certificate(serial=comp.cert_serial, component_id=component_id, issued_ns=comp.registered_at,
-                                  expires_ns=now + 366 * 86400 * 10**9, epoch=0, revoked_ns=None)
-                session.add(row)
-            certs.append(row)
-        for cert in certs:
-            cert.revoked_ns = cert.revoked_ns or now
-    log.info("component_revoked", component_id=component_id, role=comp.role, serials=len(certs))
+        serials = await revoke_in(session, comp, now)
+    log.info("component_revoked", component_id=component_id, role=comp.role, serials=len(serials))
+    return serials
+
+
+async def revoke_in(session: AsyncSession, comp: Component, now: int) -> list[str]:
+    """Revoke every unexpired certificate of ``comp`` in the caller's write transaction (hex serials);
+    the rows outlive the component's, so a removed component stays refused."""
+    certs = list((await session.scalars(select(Certificate).where(
+        Certificate.component_id == comp.component_id, Certificate.expires_ns > now))).all())
+    if comp.cert_serial and comp.cert_serial not in {c.serial for c in certs}:
+        row = await session.get(Certificate, comp.cert_serial)
+        if row is None:  # issued before certificates were recorded: keep it revoked for a year
+            row = Certificate(serial=comp.cert_serial, component_id=comp.component_id, issued_ns=comp.registered_at,
+                              expires_ns=now + 366 * 86400 * 10**9, epoch=0, revoked_ns=None)
+            session.add(row)
+        certs.append(row)
+    for cert in certs:
+        cert.revoked_ns = cert.revoked_ns or now
     return sorted(c.serial for c in certs)

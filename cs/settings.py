@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
-from cs import bookmarks, planned, policies, push_install, release, revocation, switch_jobs, verify
+from cs import bookmarks, planned, policies, psconfig, push_install, release, resize, revocation, switch_jobs, verify
 from cs.db import meta, repo
 from cs.db.models import Component, Disk, Job, Machine, Policy
 from cs.state import CSState
@@ -82,7 +82,8 @@ def live(disk: Disk) -> bool:
 
 async def document(session: AsyncSession, role: str, component_id: str) -> dict[str, Any]:
     if role == "agent":
-        disks = [d for d in await repo.disks(session, machine_id=component_id) if d.ps_id is not None and live(d)]
+        disks = [d for d in await repo.disks(session, machine_id=component_id)
+                 if d.ps_id is not None and live(d) and not resize.stopped(d)]  # resized: replication stops
         peers = await repo.components_by_id(session, {d.ps_id for d in disks if d.ps_id})
         checks = await verify.agent_requests(session, component_id)  # online verifies to run, if any
         marks = await bookmarks.agent_requests(session, component_id)  # bookmarks to act on, if any
@@ -92,7 +93,7 @@ async def document(session: AsyncSession, role: str, component_id: str) -> dict[
                 **({"verify": checks} if checks else {}), **({"bookmarks": marks} if marks else {}),
                 **({"shutdown": stop} if stop else {})}
     if role == "ps":
-        disks = [d for d in await repo.disks(session, ps_id=component_id) if live(d)]
+        disks = [d for d in await repo.disks(session, ps_id=component_id) if live(d) and not resize.stopped(d)]
         draining = await switch_jobs.draining_disks(session, component_id)  # moved away, still uploading
         peers = await repo.components_by_id(session, {d.mt_id for d in disks + draining if d.mt_id})
         return {"disks": [ps_disk(d, peers.get(d.mt_id or "")) for d in disks]
@@ -120,4 +121,5 @@ async def long_poll(state: CSState, role: str, component_id: str, version: int, 
         doc = await document(session, role, component_id)
         if role == "ps":  # hypervisors to discover, push installs to run (cs/push_install.py)
             doc.update(await push_install.ps_settings(session, component_id, state.cfg.discovery_interval_s))
+            doc.update(await psconfig.ps_settings(session, state.cfg.data_dir, component_id))  # proxy, bandwidth
     return {"version": current, "document": doc}

@@ -100,10 +100,10 @@ async def request(state: CSState, kind: str, params: dict[str, Any]) -> str:
             target = await session.get(Component, to_ps)
             if target is None or target.role != "ps":
                 raise errors.NotFound(f"no process server {to_ps}")
-        busy = (await session.scalars(select(Job.job_id).where(Job.kind.in_(KINDS),
+        busy = (await session.scalars(select(Job.job_id).where(Job.kind.in_((*KINDS, "ps-purge")),
                                                                Job.state.in_(repo.ACTIVE_JOB_STATES)))).first()
         if busy is not None:
-            raise errors.Conflict(f"PS switch job {busy} is still in progress")
+            raise errors.Conflict(f"PS switch or purge job {busy} is still in progress")
         await _dry_run(session, params)  # bad requests fail now, not in the job
         job_id = await submit(session, kind, params, target_id=from_ps)
     log.info("ps_switch_requested", job_id=job_id, kind=kind, from_ps=from_ps, to_ps=params.get("to_ps_id"),

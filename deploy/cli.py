@@ -18,7 +18,9 @@ from deploy import (
     cli_bookmarks,
     cli_cs,
     cli_drills,
+    cli_install,
     cli_inventory,
+    cli_machine_props,
     cli_model,
     cli_operators,
     cli_ops,
@@ -401,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_release.add_parsers(cli_ops._subparsers(sub.choices["machine"]), dsub)  # machine disable, disk exclude
     cli_inventory.add_parsers(sub, cli_ops._subparsers(sub.choices["machine"]))  # hypervisor, inventory
     cli_drills.add_parsers(sub)  # drlab drill failback|site-loss
+    cli_machine_props.add_parsers(cli_ops._subparsers(sub.choices["machine"]))  # drlab machine properties
+    cli_install.add_parsers(sub)  # drlab mt install|reregister, agent install
     return p
 
 

@@ -43,6 +43,10 @@ def headline(job: dict[str, Any]) -> list[str]:
 async def _submit(api: Any, args: argparse.Namespace, path: str) -> int:
     from deploy.cli_progress import follow_job
 
+    if path.endswith("/balance") and not args.json:  # the PSs' load first, to help choose (deploy/cli_ps_load.py)
+        from deploy import cli_ps_load
+
+        print(cli_ps_load.render(await cli_ps_load.fetch(api)), flush=True)
     job_id = str((await api.post(path, body_of(args)))["job_id"])
     if not args.wait:
         print(json.dumps({"job_id": job_id, "state": "queued"}, indent=2) if args.json
@@ -89,3 +93,8 @@ def add_parsers(sub: Any) -> None:
     bal.add_argument("--machine", dest="machines", action="append", default=None, metavar="MACHINE_ID",
                      required=True, help="a machine to move (repeatable)")
     bal.set_defaults(func=cmd_balance)
+    from deploy import cli_ps_check, cli_ps_lifecycle, cli_ps_uplink
+
+    cli_ps_uplink.add_parsers(psub)  # drlab ps proxy|bandwidth set|clear|show
+    cli_ps_check.add_parsers(psub)  # drlab ps check ADDRESS PORT, drlab ps list
+    cli_ps_lifecycle.add_parsers(psub)  # drlab ps install|reregister|remove|purge

@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from common import errors
 from common import logging as dlog
@@ -32,6 +33,13 @@ CLOUD_SUFFIX = "-cloud"
 def cloud_name(source: Node | str) -> str:
     name = source if isinstance(source, str) else source.name
     return name[: -len(CLOUD_SUFFIX)] if name.endswith(CLOUD_SUFFIX) else name + CLOUD_SUFFIX
+
+
+def twin_name(source: Node | str, result: Mapping[str, Any] | None = None) -> str:
+    """The failed-over twin's name: the machine's failover ``target.name`` in a failover or commit
+    job's ``result`` (cs/failover_props.py) when set, else ``<machine>-cloud``."""
+    target = (result or {}).get("target") or {}
+    return str(target.get("name") or cloud_name(source))
 
 
 def hand_over(src: Path, dest: Path) -> None:

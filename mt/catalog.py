@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+from common import formats
 from common.wire.batch import Accuracy, Flags, Mode
 
 ACCURACY_NAMES = {Accuracy.EXACT: "exact", Accuracy.APPROXIMATE: "approximate", Accuracy.NONE: "none"}
@@ -116,6 +117,9 @@ def _point(row: tuple[object, ...]) -> Point:
     return Point(*values)  # type: ignore[arg-type]
 
 
+FORMAT = 1  # PRAGMA user_version; 0 (a catalog written before it was set) is version 1
+
+
 class Catalog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +128,18 @@ class Catalog:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._check_format()
         self._db.executescript(SCHEMA)
+
+    def _check_format(self) -> None:
+        """Refuse a catalog of a newer format before touching it; mark an older one as ``FORMAT``."""
+        found = int(self._db.execute("PRAGMA user_version").fetchone()[0]) or 1
+        try:
+            formats.check(f"recovery-point catalog {self.path}", found, FORMAT)
+        except formats.FormatTooNew:
+            self._db.close()
+            raise
+        self._db.execute(f"PRAGMA user_version={FORMAT}")
 
     def __repr__(self) -> str:
         return f"Catalog({self.path})"

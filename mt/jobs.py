@@ -24,7 +24,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from common import errors, tls
+from common import errors, formats, tls
 from common import logging as dlog
 from common.http import ApiClient, retrying
 from mt.failover import Probe, choose_point, probe
@@ -36,6 +36,9 @@ from mt.worker import DiskWorker
 log = dlog.get("drlab.mt.jobs")
 
 VIEW_KINDS = ("view-drop", "view-commit", "view-change")
+
+
+DONE_FORMAT = 1  # jobs_done.json's "format" field (common/formats.py: none is 1)
 
 
 class JobRunner:
@@ -69,6 +72,7 @@ class JobRunner:
             return {str(j) for j in raw}, {}
         if not isinstance(raw, dict):
             return set(), {}
+        formats.of_doc(f"finished jobs {self._done_path}", raw, DONE_FORMAT)  # a newer one: refused, not dropped
         unsent = {str(k): v for k, v in (raw.get("unsent") or {}).items() if isinstance(v, dict)}
         return {str(j) for j in raw.get("done") or []} | set(unsent), unsent
 
@@ -76,7 +80,8 @@ class JobRunner:
         """Write the done ids and unsent results; concurrent saves never write an older snapshot
         over a newer one."""
         self._version += 1
-        snapshot = self._version, json.dumps({"done": sorted(self.done), "unsent": self.unsent}).encode()
+        snapshot = self._version, json.dumps({"format": DONE_FORMAT, "done": sorted(self.done),
+                                                   "unsent": self.unsent}).encode()
         await asyncio.to_thread(self._write, *snapshot)
 
     def _write(self, version: int, data: bytes) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import errors, tls
+from common import errors, formats, tls
 from common import logging as dlog
 from common.wire import journal as wj
 from mt.replica import Replica, fsync_dir, write_all
@@ -55,6 +55,7 @@ def segment_name(segno: int) -> str:
 
 
 FLOOR = "floor.json"  # retention (mt/retention.py): segments below "floor" are pruned
+FLOOR_FORMAT = 1  # its "format" field (common/formats.py: none is 1)
 
 
 class Journal:
@@ -204,6 +205,7 @@ class Journal:
         if not path.exists():
             return
         doc = json.loads(path.read_text())
+        formats.of_doc(f"retention floor {path}", doc, FLOOR_FORMAT)
         self.floor = int(doc["floor"])
         key = doc.get("boundary")
         self.boundary = (int(key[0]), int(key[1])) if key else None
@@ -213,7 +215,7 @@ class Journal:
         in them (the caller deletes the catalog rows next, then calls :meth:`remove_pruned`)."""
         if floor > self.segno:
             raise ValueError(f"segment {self.segno} is being appended: cannot prune below {floor}")
-        doc = {"floor": floor, "boundary": list(boundary) if boundary else None}
+        doc = {"format": FLOOR_FORMAT, "floor": floor, "boundary": list(boundary) if boundary else None}
         tls.durable_write(self.directory / FLOOR, json.dumps(doc).encode(), 0o600)
         self.floor, self.boundary = floor, boundary
 

@@ -57,6 +57,7 @@ class DiskStaging:
                 continue
             fd = os.open(path, os.O_RDONLY)
             try:
+                wbatch.check_stored(f"staged batch {path}", read_exact(fd, 6, 0))  # a newer one: refused
                 trailer = read_exact(fd, wbatch.TRAILER_SIZE, size - wbatch.TRAILER_SIZE)
             finally:
                 os.close(fd)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import errors, tls
+from common import errors, formats, tls
 from common import logging as dlog
 from common.wire import journal as wj
 from mt.apply import DiskStore
@@ -40,6 +40,7 @@ log = dlog.get("drlab.mt.view")
 
 COMMITTING = "committing"  # in a view's directory: a commit of it started and did not finish
 OVERLAY_ENTRY = struct.Struct("<QQ")  # (offset, length) of one overlay write
+META_FORMAT = 1  # meta.json's "format" field (common/formats.py: none is 1)
 BLOCK = 1 << 20
 
 
@@ -133,7 +134,7 @@ class DiskView:
     def create(cls, store: DiskStore, point: Point, directory: Path) -> DiskView:
         """A new view with an empty overlay."""
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"disk_id": store.disk_id, "gen": point.gen, "seq": point.seq}
+        meta = {"format": META_FORMAT, "disk_id": store.disk_id, "gen": point.gen, "seq": point.seq}
         tls.durable_write(directory / "meta.json", json.dumps(meta).encode(), 0o600)
         for name in ("overlay.img", "overlay.log"):
             os.close(os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
@@ -146,6 +147,7 @@ class DiskView:
     def open(cls, store: DiskStore, directory: Path) -> DiskView:
         """Reopen a view (after an MT restart): index from the catalog, overlay from its log."""
         meta = json.loads((directory / "meta.json").read_text())
+        formats.of_doc(f"failover view {directory / 'meta.json'}", meta, META_FORMAT)
         point = store.catalog.get(store.disk_id, int(meta["gen"]), int(meta["seq"]))
         if meta.get("disk_id") != store.disk_id or point is None:
             raise errors.NotFound(f"view {directory.name}: point ({meta['gen']}, {meta['seq']}) is gone")

@@ -182,6 +182,7 @@ class BatchCache:
                 continue
             size = path.stat().st_size
             with open(path, "rb") as fh:
+                wbatch.check_stored(f"cached batch {path}", fh.read(6))
                 fh.seek(max(0, size - wbatch.TRAILER_SIZE))
                 checksum = fh.read(wbatch.TRAILER_SIZE)
             index.add(Entry(key[0], key[1], size, checksum))

@@ -26,7 +26,7 @@ from common.config import PSConfig
 from common.http import make_app, read_body, require_role
 from common.tls import Identity
 from common.wire import batch as wbatch
-from ps import prom
+from ps import check, prom
 from ps.cache import BatchCache
 from ps.state import DiskSettings, Registry
 
@@ -57,6 +57,7 @@ METRICS = web.AppKey("ps_metrics", promexport.CollectorRegistry)
 def build_app(ctx: IngestContext) -> web.Application:
     app = make_app(revoked=ctx.registry.is_revoked, client_max_size=ctx.cfg.max_batch_bytes)
     app[CONTEXT] = ctx
+    check.install(app, ctx.cfg.data_dir / "check")  # GET / (400 for browsers), drlab ps check (ps/check.py)
     app.router.add_put("/v1/disks/{disk_id}/batches/{gen}/{seq}", put_batch)
     app.router.add_get("/v1/disks/{disk_id}/status", get_status)
     app[METRICS] = promexport.new_registry(lambda: prom.families(ctx.registry, ctx.cache, ctx.received))

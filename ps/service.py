@@ -21,13 +21,15 @@ from common.config import PSConfig
 from common.daemon import bind_socket
 from common.hoststats import CpuSampler, read_mem_pct
 from common.http import ApiClient
-from ps import hashproxy
+from ps import check, hashproxy
 from ps.cache import BatchCache
 from ps.discovery import Discovery
+from ps.health import RateMeter, owned_tasks, per_machine, server_state, task_state
 from ps.ingest import IngestContext, build_app
 from ps.push_install import PushInstaller
 from ps.state import Registry
 from ps.throttle import ThrottlePolicy
+from ps.uplink import Uplink, static_proxy
 from ps.uploader import POLL_INTERVAL_S, Clients, SealerBook, Uploaders
 
 log = dlog.get("drlab.ps")
@@ -55,6 +57,8 @@ class PSService:
         self._refresh_lock = asyncio.Lock()
         self._last_refresh = 0.0
         self._cpu = CpuSampler()  # host CPU busy % between two heartbeats
+        self._ingest: IngestContext | None = None
+        self._rates = RateMeter()  # churn per machine and upload throughput between two heartbeats
 
     def __repr__(self) -> str:
         return f"PSService(id={self.component_id or '?'}, port={self.data_port})"
@@ -76,12 +80,14 @@ class PSService:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.cache.load)
         self._rebuild_progress(self.cache)
         self._clients = Clients(lambda url: ApiClient(url, tls.client_context(files),
-                                                      timeout_s=cfg.request_timeout_s, limit=64))
+                                                      timeout_s=cfg.request_timeout_s, limit=64),
+                                Uplink(static_proxy(cfg)))  # proxy and bandwidth limit (settings "upload")
         self.uploaders = Uploaders(self.registry, self.cache, SealerBook(bytes.fromhex(self.component_id)),
                                    self._clients, self._executor, window=cfg.upload_window_batches,
                                    max_backoff_s=cfg.retry_max_backoff_s, poll_interval_s=self._poll_s)
-        await self._serve(files, IngestContext(cfg, self.registry, self.cache, self._executor,
-                                               self.uploaders.notify, self._refresh_for_unknown_disk))
+        self._ingest = IngestContext(cfg, self.registry, self.cache, self._executor,
+                                     self.uploaders.notify, self._refresh_for_unknown_disk)
+        await self._serve(files, self._ingest)
         self._control = component.ControlPlane(cfg, files, on_settings=self._on_settings, metrics=self.metrics)
         self._discovery = Discovery(self._control.cs, timeout_s=cfg.request_timeout_s)
         self._push = PushInstaller(self._control.cs, cs_url=cfg.cs_url, timeout_s=cfg.request_timeout_s,
@@ -91,8 +97,9 @@ class PSService:
                  cached_batches=self.cache.total_batches)
 
     async def _serve(self, files: tls.IdentityFiles, ctx: IngestContext) -> None:
-        self._runner = web.AppRunner(hashproxy.install(build_app(ctx), self._clients), access_log=None,
-                                     shutdown_timeout=2.0)
+        app = hashproxy.install(build_app(ctx), self._clients)
+        app[check.COMPONENT] = self.component_id
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         assert self._sock is not None
         site = web.SockSite(self._runner, self._sock, ssl_context=tls.server_context(files))
@@ -109,6 +116,8 @@ class PSService:
             log.error("settings_document_ignored", kind=type(document).__name__)
             return
         changed = self.registry.apply_document(document)
+        if self._clients is not None:
+            self._clients.uplink.apply(document)  # before the pipelines wake: they use the new route
         if changed:
             log.info("settings_applied", disks=len(self.registry.disks), changed=sorted(changed))
         if self.uploaders is not None:
@@ -178,7 +187,36 @@ class PSService:
                 "settings_version": self._control.settings_version if self._control else -1,
                 # health (cs/health/rules.py): host load, and the oldest batch not yet uploaded (s)
                 "host": {"cpu_pct": self._cpu.sample(), "mem_pct": read_mem_pct()},
-                "upload_backlog_age_s": max((d.get("backlog_age_s", 0.0) for d in disks.values()), default=0.0)}
+                "uplink": self._clients.uplink.metrics() if self._clients else {},  # proxy, its error, limit
+                "upload_backlog_age_s": max((d.get("backlog_age_s", 0.0) for d in disks.values()), default=0.0),
+                **self._services_and_rates()}
+
+    def _services_and_rates(self) -> dict[str, Any]:
+        """``services`` (ps/health.py: running | stopped each), ``machines`` ({id: {churn_bytes_per_s,
+        disks}}: bytes/s cached for it, averaged since the last heartbeat), ``machine_count`` and
+        ``upload_bytes_per_s`` (to the MTs, same window)."""
+        pipelines = self.uploaders.pipelines.values() if self.uploaders else None
+        services = {"ingest": server_state(self._runner),
+                    "uploader": task_state(None if pipelines is None else
+                                           [t for p in pipelines for t in owned_tasks(p, "_task") or []]),
+                    "control": task_state(owned_tasks(self._control, "_tasks")),
+                    "discovery": task_state(owned_tasks(self._discovery, "_tasks")),
+                    "push_install": task_state(owned_tasks(self._push, "_tasks"))}
+        counters = {f"m:{m}": n for m, n in per_machine(self._ingest.received if self._ingest else {},
+                                                        self._machine_of).items()}
+        counters["uploaded"] = float(sum(self.registry.progress_of(d).uploaded_bytes for d in self.registry.progress))
+        rates = self._rates.sample(counters)
+        served: dict[str, int] = {}
+        for d in self.registry.disks.values():
+            served[d.machine_id] = served.get(d.machine_id, 0) + 1
+        machines = {m: {"churn_bytes_per_s": round(rates.get(f"m:{m}", 0.0), 1), "disks": n}
+                    for m, n in sorted(served.items())}
+        return {"services": services, "machines": machines, "machine_count": len(machines),
+                "upload_bytes_per_s": round(rates.get("uploaded", 0.0), 1)}
+
+    def _machine_of(self, disk_id: str) -> str | None:
+        disk = self.registry.disks.get(disk_id)
+        return disk.machine_id if disk else None
 
     @staticmethod
     def _oldest_age_s(cache: BatchCache, disk_id: str) -> float:

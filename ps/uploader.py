@@ -26,6 +26,7 @@ from common.http import ApiClient, backoff_s
 from common.wire.seal import Sealer
 from ps.cache import BatchCache, Entry
 from ps.state import DiskSettings, Registry
+from ps.uplink import Proxy, Uplink
 
 log = dlog.get("drlab.ps.uploader")
 
@@ -64,11 +65,23 @@ class SealerBook:
 
 
 class Clients:
-    """One mTLS client per peer URL, shared by the pipelines."""
+    """One mTLS client per peer URL, shared by the pipelines; every client follows the uplink's
+    proxy (a change re-routes the next request of each, ps/uplink.py)."""
 
-    def __init__(self, factory: Callable[[str], ApiClient]) -> None:
+    def __init__(self, factory: Callable[[str], ApiClient], uplink: Uplink | None = None) -> None:
         self._factory = factory
         self._clients: dict[str, ApiClient] = {}
+        self.uplink = uplink if uplink is not None else Uplink()
+        self.uplink.on_proxy = self._route
+
+    def _route(self, proxy: Proxy | None) -> None:
+        for client in self._clients.values():
+            self._route_one(client, proxy)
+
+    @staticmethod
+    def _route_one(client: ApiClient, proxy: Proxy | None) -> None:
+        client.proxy = proxy.url if proxy else None
+        client.proxy_headers = proxy.headers() if proxy else None
 
     def get(self, url: str) -> ApiClient:
         if not url:
@@ -76,6 +89,7 @@ class Clients:
         client = self._clients.get(url)
         if client is None:
             client = self._clients[url] = self._factory(url)
+            self._route_one(client, self.uplink.proxy)
         return client
 
     async def close(self) -> None:
@@ -166,6 +180,7 @@ class DiskPipeline:
                 return
             except Exception as exc:  # never skip a batch: log, back off and retry
                 attempt += 1
+                self._clients.uplink.failed(exc)
                 await asyncio.sleep(self._after_failure(exc, attempt, blog))
 
     def _after_failure(self, exc: Exception, attempt: int, blog: Any) -> float:
@@ -188,7 +203,9 @@ class DiskPipeline:
         sealer = self._sealers.get(disk, entry.gen)
         sealed = await loop.run_in_executor(self._executor, sealer.seal, entry.seq, data)
         path = f"/v1/disks/{self.disk_id}/batches/{entry.gen}/{entry.seq}"
+        await self._clients.uplink.throttle(len(sealed))  # the bandwidth limit, if any
         _, reply = await self._clients.get(disk.mt_url).request("PUT", path, data=sealed, headers=OCTET)
+        self._clients.uplink.succeeded()
         progress = self._registry.progress_of(self.disk_id)
         progress.observe_mt(entry.gen, *mt_numbers(reply))
         progress.uploaded_bytes += len(sealed)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import xxhash
 
+from common import formats
+
 MAGIC = b"DRAL"
 VERSION = 1
 HEADER = struct.Struct("<4sHHQII")
@@ -39,6 +41,10 @@ ALIGN = 4096
 
 class ActLogError(ValueError):
     """A slot that is not a complete, valid activity-log record."""
+
+
+class ActLogTooNew(ActLogError, formats.FormatTooNew):
+    """A slot of a newer format version: :func:`pick` raises it rather than skipping the slot."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,8 @@ def decode(buf: bytes | memoryview) -> Snapshot:
     magic, version, ndisks, counter, extent_bytes, reserved = HEADER.unpack_from(view, 0)
     if magic != MAGIC:
         raise ActLogError("bad magic")
+    if version > VERSION:  # a newer drlab's slot (the header is never torn): refused, not skipped
+        raise ActLogTooNew(formats.message("activity log", version, VERSION))
     if version != VERSION or reserved or not extent_bytes or ndisks > MAX_DISKS:
         raise ActLogError("bad header")
     pos = HEADER.size
@@ -120,11 +128,14 @@ def decode(buf: bytes | memoryview) -> Snapshot:
 
 
 def pick(slots: list[bytes]) -> Snapshot | None:
-    """The valid slot with the highest counter, or None when no slot is valid."""
+    """The valid slot with the highest counter, or None when no slot is valid; a slot of a newer
+    format version raises :class:`common.formats.FormatTooNew`."""
     best: Snapshot | None = None
     for raw in slots:
         try:
             snap = decode(raw)
+        except ActLogTooNew:
+            raise
         except ActLogError:
             continue
         if best is None or snap.counter > best.counter:

@@ -30,6 +30,7 @@ from enum import IntEnum, IntFlag
 
 import xxhash
 
+from common import formats
 from common.errors import MalformedBatch
 
 MAGIC = b"DRCB"
@@ -177,6 +178,13 @@ def _check_batch(batch: ChangeBatch) -> None:
 # ---------------------------------------------------------------- decode
 
 
+def check_stored(what: str, head: bytes) -> None:
+    """A stored batch file (PS cache, MT staging) whose first bytes ``head`` show a newer format
+    version is refused with common.formats.FormatTooNew (a downgrade), never taken for garbage."""
+    if len(head) >= 6 and head[:4] == MAGIC:
+        formats.check(what, int.from_bytes(head[4:6], "little"), VERSION)
+
+
 def parse_header(buf: bytes | bytearray | memoryview) -> BatchHeader:
     """Parse and check the fixed header (only the first HEADER_SIZE bytes are needed)."""
     if len(buf) < HEADER_SIZE:
@@ -185,8 +193,7 @@ def parse_header(buf: bytes | bytearray | memoryview) -> BatchHeader:
      mode, accuracy, reserved, ntags, nrecords, body_len) = HEADER.unpack_from(buf, 0)
     if magic != MAGIC:
         raise MalformedBatch("bad batch magic")
-    if version != VERSION:
-        raise MalformedBatch(f"unsupported batch version {version}")
+    formats.check("change batch", version, VERSION, MalformedBatch)  # a newer one: refused, never misread
     if flags & ~_KNOWN_FLAGS or reserved:
         raise MalformedBatch("unknown batch flags or reserved bits set")
     if mode not in Mode._value2member_map_ or accuracy not in Accuracy._value2member_map_:

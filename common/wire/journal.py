@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from common import formats
 from common.errors import MalformedBatch
 
 MAGIC = b"DRUJ"
@@ -150,8 +151,11 @@ def decode_segment_header(buf: bytes | bytearray | memoryview) -> SegmentHeader:
     if len(buf) < SEGMENT_HEADER_SIZE:
         raise MalformedBatch("journal segment header truncated", code=_CORRUPT)
     magic, version, reserved, disk_id, segment_no = SEGMENT_HEADER.unpack_from(buf, 0)
-    if magic != MAGIC or version != VERSION or reserved:
-        raise MalformedBatch("not a v1 journal segment", code=_CORRUPT)
+    if magic != MAGIC or reserved:
+        raise MalformedBatch("not a journal segment", code=_CORRUPT)
+    if version > VERSION:  # written by a newer drlab: refused, never misread nor repaired
+        raise MalformedBatch(formats.message("undo journal segment", version, VERSION), code="format_too_new")
+    formats.check("undo journal segment", version, VERSION, MalformedBatch)
     return SegmentHeader(bytes(disk_id), segment_no)
 
 

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from common import formats
 from common.errors import MalformedBatch, TamperedSeal
 from common.wire import batch as wbatch
 
@@ -191,8 +192,7 @@ def parse_header(buf: bytes | bytearray | memoryview, *, max_plain: int = MAX_PL
      plain_len, cipher_len) = HEADER.unpack_from(buf, 0)
     if magic != MAGIC:
         raise MalformedBatch("bad seal magic")
-    if version != VERSION:
-        raise MalformedBatch(f"unsupported seal version {version}")
+    formats.check("sealed batch", version, VERSION, MalformedBatch)
     if flags & ~FLAG_COMPRESSED:
         raise MalformedBatch("unknown seal flags")
     if gen < 1 or seq < 1 or counter >= _COUNTER_LIMIT:

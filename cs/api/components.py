@@ -9,9 +9,10 @@ from aiohttp import web
 from sqlalchemy import select
 
 from common import errors, http
-from cs import alerts, components, revocation, settings
+from cs import alerts, components, revocation, settings, upgrade
 from cs.api import paging, spec
 from cs.db.models import Component
+from cs.health import clock
 from cs.state import state_of
 
 
@@ -27,16 +28,23 @@ async def get_ping(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "time_ns": time.time_ns(), "role": ident.role})
 
 
-@spec.route(roles=spec.COMPONENTS, request=spec.obj({"metrics": spec.ANY_OBJ}, required=()), tags=("components",),
+@spec.route(roles=spec.COMPONENTS, request=spec.obj({"metrics": spec.ANY_OBJ, "time_ns": spec.INT,
+                                                    "rtt_ns": spec.INT, "version": spec.STR}, required=()),
+            tags=("components",),
             response=spec.obj({"ok": spec.BOOL, "time_ns": spec.INT}))
 async def post_heartbeat(request: web.Request) -> web.Response:
     """Record a component's heartbeat and metrics; health alerts follow from the metrics.
 
-    Body ``{metrics: {...}, time_ns}``; replies ``{ok, time_ns}`` once the heartbeat is committed.
+    Body ``{metrics: {...}, time_ns, rtt_ns, version}``; replies ``{ok, time_ns}`` once the heartbeat is
+    committed. The component's clock skew (cs/health/clock.py) is stored as ``metrics.clock_skew_s``.
     """
+    received_ns = time.time_ns()
     writer = request.app[components.HEARTBEATS]
     component_id = await writer.known.caller(request, *components.COMPONENT_ROLES)
-    metrics = components.parse_metrics(await http.read_json(request), request.content_length)
+    body = await http.read_json(request)
+    metrics = clock.with_skew(body, components.parse_metrics(body, request.content_length), received_ns)
+    # the version it runs now (409 when newer than the CS; recorded and warned about: cs/upgrade.py)
+    await upgrade.observe_heartbeat(state_of(request).db, component_id, upgrade.parse_heartbeat_version(body))
     await writer.submit(component_id, metrics)
     return web.json_response({"ok": True, "time_ns": time.time_ns()})
 

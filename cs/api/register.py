@@ -43,13 +43,15 @@ async def post_register(request: web.Request) -> web.Response:
     return web.json_response(await registration.register(state_of(request), req), status=201)
 
 
-@spec.route(roles=spec.COMPONENTS, request=spec.obj({"csr_pem": spec.STR}), response=CERT_REPLY,
-            tags=("registration",))
+@spec.route(roles=spec.COMPONENTS, request=spec.obj({"csr_pem": spec.STR, "version": spec.STR}, required=("csr_pem",)),
+            response=CERT_REPLY, tags=("registration",))
 async def post_renew(request: web.Request) -> web.Response:
-    """Renew the caller's certificate: a new CSR under the current certificate, same component id."""
+    """Renew the caller's certificate: a new CSR under the current certificate, same component id.
+    An optional ``version`` (what the caller runs now) newer than the CS is refused (409)."""
     ident = http.require_role(request, *spec.COMPONENTS)
-    csr_pem = registration.parse_renew(await http.read_json(request, max_bytes=64 * 1024))
-    return web.json_response(await registration.renew(state_of(request), ident, csr_pem))
+    body = await http.read_json(request, max_bytes=64 * 1024)
+    csr_pem, version = registration.parse_renew(body), registration.parse_renew_version(body)
+    return web.json_response(await registration.renew(state_of(request), ident, csr_pem, version))
 
 
 @spec.route(roles=spec.ADMIN, response=spec.obj({"component_id": spec.HEX_ID, "revoked": spec.array(spec.STR)}),

@@ -428,3 +428,4 @@ class AuditEvent(Base):
 
 
 from cs.db import inventory as _inventory  # noqa: E402,F401  (hypervisors, discovered machines: cs/db/inventory.py)
+from cs.db import psuplink as _psuplink  # noqa: E402,F401  (a PS's upload proxy and bandwidth)

@@ -18,6 +18,9 @@ component silent past its heartbeat timeout): then its codes change nothing. Oth
 | ``78188`` | agent, per disk and machine | warning: churn above the supported rate, for a window |
 | ``rpo_exceeded`` | agent, per disk | warning: RPO above the disk's threshold |
 | ``retention_low_space`` | MT, per disk | warning: retention volume low; critical: applying paused |
+| ``ps_services_not_running`` | PS | warning: one of its internal services stopped, at once |
+| ``clock_skew`` | PS / MT / agent | warning: its clock differs from the CS's by more than the threshold |
+| ``ps_upload_proxy`` | PS | critical: its upload proxy refuses it (wrong credentials, unreachable), at once |
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ UPLOAD_FAILURES = "78028"
 HIGH_CHURN = "78188"
 RPO_EXCEEDED = "rpo_exceeded"
 RETENTION_LOW_SPACE = "retention_low_space"
+PS_SERVICES = "ps_services_not_running"
+CLOCK_SKEW = "clock_skew"
+PS_PROXY = "ps_upload_proxy"
 
 _DISK_ID = re.compile(r"^[0-9a-f]{32}$")
 NS = 1_000_000_000
@@ -187,6 +193,41 @@ def ps_throttle(cfg: HealthConfig, s: Subject) -> list[Observation] | None:
     return out
 
 
+def ps_services(cfg: HealthConfig, s: Subject) -> list[Observation] | None:
+    """``services`` ({name: running | stopped}, ps/health.py): a warning naming those not running."""
+    services = s.metrics.get("services")
+    if not isinstance(services, dict) or not services:
+        return None  # an older PS
+    stopped = sorted(str(name) for name, state in services.items() if state != "running")
+    return [Observation(PS_SERVICES, None, (Level(WARNING, bool(stopped), 0),),
+                        f"services not running on the process server: {', '.join(stopped) or 'none'}")]
+
+
+def ps_proxy(cfg: HealthConfig, s: Subject) -> list[Observation] | None:
+    """``uplink.proxy_error`` (ps/uplink.py): uploads stall at the proxy until it is fixed."""
+    up = s.metrics.get("uplink")
+    if not isinstance(up, dict) or "proxy_error" not in up:
+        return None  # an older PS
+    error = up.get("proxy_error")
+    return [Observation(PS_PROXY, None, (Level(CRITICAL, bool(error), 0),),
+                        f"uploads to the master targets fail at the proxy {up.get('proxy')}: {str(error)[:200]}")]
+
+
+# -- every component -------------------------------------------------------------------------
+
+
+def clock_skew(cfg: HealthConfig, s: Subject) -> list[Observation] | None:
+    """``clock_skew_s`` (the CS measures it from the heartbeat, cs/health/clock.py) beyond the threshold."""
+    skew = _num(s.metrics.get("clock_skew_s"))
+    if skew is None:
+        return None  # a component that does not send its clock
+    limit = cfg.clock_skew_threshold_s
+    side = "ahead of" if skew > 0 else "behind"
+    return [Observation(CLOCK_SKEW, None, (Level(WARNING, abs(skew) > limit, 0),),
+                        f"the {s.role}'s clock is {abs(skew):.0f} s {side} the configuration server's "
+                        f"(alert above {_fmt(limit)} s): synchronize its time")]
+
+
 # -- silence ---------------------------------------------------------------------------------
 
 SILENT = {"ps": (PS_SILENT, "ps_heartbeat_timeout_s", "process server"),
@@ -298,9 +339,12 @@ def mt_retention(cfg: HealthConfig, s: Subject) -> list[Observation] | None:
 MetricRules = dict[str, tuple[tuple[frozenset[str], Rule], ...]]
 METRIC_RULES: MetricRules = {
     "ps": ((frozenset({PS_THROTTLED}), ps_throttle), (frozenset({PS_CPU, PS_MEMORY}), ps_host),
-           (frozenset({PS_CACHE_FREE}), ps_cache), (frozenset({PS_BACKLOG}), ps_backlog)),
-    "mt": ((frozenset({RETENTION_LOW_SPACE}), mt_retention),),
-    "agent": ((frozenset({PS_UNREACHABLE, UPLOAD_FAILURES}), agent_link), (frozenset({HIGH_CHURN}), agent_churn)),
+           (frozenset({PS_CACHE_FREE}), ps_cache), (frozenset({PS_BACKLOG}), ps_backlog),
+           (frozenset({PS_SERVICES}), ps_services), (frozenset({CLOCK_SKEW}), clock_skew),
+           (frozenset({PS_PROXY}), ps_proxy)),
+    "mt": ((frozenset({RETENTION_LOW_SPACE}), mt_retention), (frozenset({CLOCK_SKEW}), clock_skew)),
+    "agent": ((frozenset({PS_UNREACHABLE, UPLOAD_FAILURES}), agent_link), (frozenset({HIGH_CHURN}), agent_churn),
+              (frozenset({CLOCK_SKEW}), clock_skew)),
 }
 
 

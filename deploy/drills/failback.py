@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import AgentConfig
-from deploy.compute import CLOUD_SUFFIX, ComputeHost
+from deploy.compute import CLOUD_SUFFIX, ComputeHost, twin_name
 from deploy.drills import common as dc
 from deploy.drills.steps import Steps, require
 from deploy.lab import Lab
@@ -52,7 +52,8 @@ async def cycle(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, step
     compute = ComputeHost(lab)
     async with steps.step("commit + boot in the cloud") as st:
         job = await dc.run_op(admin, sc.machine_id, "commit")
-        twin = await compute.boot(sc.machine, await dc.committed_replicas(admin, job))
+        twin = await compute.boot(sc.machine, await dc.committed_replicas(admin, job),
+                                  name=twin_name(sc.machine, job["result"]))  # its failover target name, if set
         for d in failover["result"]["disks"]:
             log, last = view_logs[d["name"]]
             await dc.verify_over(Path(d["image_path"]), log, sc.machine.disks[sc.disk_index(d["name"])].size_bytes,

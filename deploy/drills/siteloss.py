@@ -18,7 +18,7 @@ import signal
 import time
 from typing import Any
 
-from deploy.compute import ComputeHost
+from deploy.compute import ComputeHost, twin_name
 from deploy.drills import common as dc
 from deploy.drills.steps import Steps
 from deploy.lab import Lab, alive
@@ -63,7 +63,8 @@ async def scenario(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, s
     async with steps.step("commit + boot in the cloud") as st:
         job = await dc.run_op(admin, sc.machine_id, "commit")
         images = dc.images(await admin.job(result_job_id(job)))
-        twin = await compute.boot(sc.machine, await dc.committed_replicas(admin, job))
+        twin = await compute.boot(sc.machine, await dc.committed_replicas(admin, job),
+                                  name=twin_name(sc.machine, job["result"]))  # its failover target name, if set
         for name, image in images.items():
             await dc.same_bytes(image, lab.disk_path(twin, name), f"{twin.name} disk {name}")
         st.verified = f"{twin.name} booted on the committed replicas, equal to the failover images"

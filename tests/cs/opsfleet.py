@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,3 +116,14 @@ async def make_fleet(env: Any, tmp: Any, hosts: tuple[str, ...] = ("m1",)) -> Op
     fleet = OpsFleet(site, mt, machines, disks)
     fleet.start()
     return fleet
+
+
+@contextlib.asynccontextmanager
+async def running_fleet(env: Any, tmp: Any, hosts: tuple[str, ...] = ("m1",)) -> AsyncIterator[OpsFleet]:
+    """``make_fleet``, stopped and closed at the end (the tests' ``fleet`` fixtures)."""
+    f = await make_fleet(env, tmp, hosts)
+    try:
+        yield f
+    finally:
+        await f.stop()
+        await f.site.close()

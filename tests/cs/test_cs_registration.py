@@ -34,7 +34,7 @@ async def manual_body(env: Any, role: str = "ps", host_id: str = "ps-manual",
     proof = auth.client_proof(key, server_nonce=server_nonce, client_nonce=client_nonce, role=role,
                               host_id=host_id, csr_pem=csr)
     body = {"challenge_id": ch["challenge_id"], "role": role, "host_id": host_id, "address": "127.0.0.1",
-            "ports": {"data": 9443}, "version": "test", "csr_pem": csr.decode(), "client_nonce": _b64(client_nonce),
+            "ports": {"data": 9443}, "version": "0.1.0", "csr_pem": csr.decode(), "client_nonce": _b64(client_nonce),
             "proof": _b64(proof)}
     return body, key, server_nonce
 

@@ -148,15 +148,15 @@ async def test_resync_refusals_change_nothing(protected: Protected, cs_env: Any)
 
 
 @pytest.mark.timeout(30)
-async def test_a_protected_disk_that_changed_size_is_resynced(protected: Protected) -> None:
+async def test_a_protected_disk_that_changed_size_is_resync_required(protected: Protected) -> None:
+    """Issue 7 point 7 (tests/cs/test_cs_disk_resize.py has the rest): no automatic resync."""
     p = protected
     await p.agent.api.put("/v1/machines/self/disks", {"disks": [{"name": "disk0", "size_bytes": SIZE}]})
     assert (await p.disk())["generation"] == 1  # same size: nothing to do
     await p.agent.api.put("/v1/machines/self/disks", {"disks": [{"name": "disk0", "size_bytes": 2 * SIZE}]})
     disk = await p.disk()
-    assert (disk["size_bytes"], disk["generation"], disk["last_resync"]["reason"]) == (2 * SIZE, 2, "disk-resize")
-    doc = (await settings(p.ps))["document"]["disks"][0]
-    assert (doc["size_bytes"], doc["generation"]) == (2 * SIZE, 2)
+    assert (disk["size_bytes"], disk["generation"], disk["state"]) == (SIZE, 1, "resync-required")
+    assert (await settings(p.ps))["document"]["disks"] == []  # replication stopped
     await p.other.api.put("/v1/machines/self/disks", {"disks": [{"name": "disk0", "size_bytes": 3 * SIZE}]})
     other = next(d for d in await p.site.env.admin.disks() if d["machine_id"] == p.other.component_id)
     assert (other["size_bytes"], other["generation"], other["last_resync"]) == (3 * SIZE, 0, None)  # unprotected

@@ -10,19 +10,15 @@ from typing import Any
 
 import pytest
 from cshelpers import raw
-from opsfleet import OpsFleet, make_fleet
+from opsfleet import OpsFleet, running_fleet
 
 from common import errors
 
 
 @pytest.fixture
 async def fleet(cs_env: Any, tmp_path: Path) -> AsyncIterator[OpsFleet]:
-    f = await make_fleet(cs_env, tmp_path, hosts=("m1", "m2"))
-    try:
+    async with running_fleet(cs_env, tmp_path, hosts=("m1", "m2")) as f:
         yield f
-    finally:
-        await f.stop()
-        await f.site.close()
 
 
 async def disk_jobs(f: OpsFleet, disk_id: str) -> list[dict[str, Any]]:

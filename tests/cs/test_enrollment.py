@@ -45,7 +45,7 @@ async def token_register(env: Any, token: enroll.EnrollToken, *, role: str = "ag
     proof = auth.client_proof(token.key, server_nonce=server_nonce, client_nonce=client_nonce, role=role,
                               host_id=host_id, csr_pem=csr)
     body = {"challenge_id": ch["challenge_id"], "role": role, "host_id": host_id, "address": "127.0.0.1",
-            "ports": {}, "version": "test", "csr_pem": csr.decode(),
+            "ports": {}, "version": "0.1.0", "csr_pem": csr.decode(),
             "client_nonce": base64.b64encode(client_nonce).decode(), "proof": base64.b64encode(proof).decode()}
     return await raw(env.url, tls.bootstrap_context(), "POST", "/v1/register", body)
 
@@ -126,7 +126,7 @@ async def test_the_passphrase_key_does_not_open_a_token_challenge(site: Site) ->
     proof = auth.client_proof(key, server_nonce=base64.b64decode(ch["server_nonce"]), client_nonce=nonce,
                               role="agent", host_id="m1", csr_pem=csr)
     body = {"challenge_id": ch["challenge_id"], "role": "agent", "host_id": "m1", "address": "127.0.0.1",
-            "ports": {}, "version": "t", "csr_pem": csr.decode(), "client_nonce": base64.b64encode(nonce).decode(),
+            "ports": {}, "version": "0.1.0", "csr_pem": csr.decode(), "client_nonce": base64.b64encode(nonce).decode(),
             "proof": base64.b64encode(proof).decode()}
     status, _ = await raw(site.env.url, tls.bootstrap_context(), "POST", "/v1/register", body)
     assert status == 401

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from cshelpers import settings
-from opsfleet import SIZE, OpsFleet, make_fleet
+from opsfleet import SIZE, OpsFleet, running_fleet
 
 from common import errors
 from cs import machine_ops
@@ -20,12 +20,8 @@ HEX = "ab" * 16
 
 @pytest.fixture
 async def fleet(cs_env: Any, tmp_path: Path) -> AsyncIterator[OpsFleet]:
-    f = await make_fleet(cs_env, tmp_path)
-    try:
+    async with running_fleet(cs_env, tmp_path) as f:
         yield f
-    finally:
-        await f.stop()
-        await f.site.close()
 
 
 def names(job: dict[str, Any]) -> list[str]:

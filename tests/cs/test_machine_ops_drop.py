@@ -9,17 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opsfleet import OpsFleet, make_fleet
+from opsfleet import OpsFleet, running_fleet
 
 
 @pytest.fixture
 async def fleet(cs_env: Any, tmp_path: Path) -> AsyncIterator[OpsFleet]:
-    f = await make_fleet(cs_env, tmp_path)
-    try:
+    async with running_fleet(cs_env, tmp_path) as f:
         yield f
-    finally:
-        await f.stop()
-        await f.site.close()
 
 
 def kinds(f: OpsFleet, kind: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opsfleet import OpsFleet, make_fleet
+from opsfleet import OpsFleet, running_fleet
 
 from common import errors
 from cs.runner import Runner
@@ -19,12 +19,8 @@ from cs.runner import Runner
 
 @pytest.fixture
 async def fleet(cs_env: Any, tmp_path: Path) -> AsyncIterator[OpsFleet]:
-    f = await make_fleet(cs_env, tmp_path, hosts=("m1", "m2"))
-    try:
+    async with running_fleet(cs_env, tmp_path, hosts=("m1", "m2")) as f:
         yield f
-    finally:
-        await f.stop()
-        await f.site.close()
 
 
 def script(name: str, text: str, timeout_s: int = 30) -> dict[str, Any]:

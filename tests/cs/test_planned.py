@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from cshelpers import Enrolled, raw, settings
-from opsfleet import OpsFleet, make_fleet
+from opsfleet import OpsFleet, running_fleet
 
 from common import errors, tls
 
@@ -21,12 +21,8 @@ W = 42
 
 @pytest.fixture
 async def fleet(cs_env: Any, tmp_path: Path) -> AsyncIterator[OpsFleet]:
-    f = await make_fleet(cs_env, tmp_path, hosts=("m1", "m2"))  # its MT answers the drain's listing probes
-    try:
+    async with running_fleet(cs_env, tmp_path, hosts=("m1", "m2")) as f:  # its MT answers the drain's listing probes
         yield f
-    finally:
-        await f.stop()
-        await f.site.close()
 
 
 async def agent_doc(f: OpsFleet, host: str = "m1") -> dict[str, Any]:

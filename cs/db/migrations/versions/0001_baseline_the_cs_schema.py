@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Down revision: None
-Create Date: 2026-11-30 04:16:40.531212
+Create Date: 2026-11-30 04:36:32.933692
 """
 
 from __future__ import annotations
@@ -324,6 +324,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name"),
     )
     op.create_table(
+        "ps_uplinks",
+        sa.Column("ps_id", sa.String(length=32), nullable=False),
+        sa.Column("proxy_url", sa.String(length=255), nullable=True),
+        sa.Column("proxy_username", sa.String(length=255), nullable=True),
+        sa.Column("proxy_password_enc", sa.Text(), nullable=True),
+        sa.Column("bytes_per_s", sa.BigInteger(), nullable=False),
+        sa.Column("windows", sa.JSON(), nullable=False),
+        sa.Column("updated_ns", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("ps_id"),
+    )
+    op.create_table(
         "recovery_plans",
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("description", sa.Text(), nullable=False),
@@ -413,6 +424,7 @@ def downgrade() -> None:
     op.drop_table("resyncs")
     op.drop_table("replication_groups")
     op.drop_table("recovery_plans")
+    op.drop_table("ps_uplinks")
     op.drop_table("policies")
     op.drop_table("operators")
     with op.batch_alter_table("operator_sessions", schema=None) as batch_op:
