@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import signal
 import socket
 import sys
@@ -14,6 +15,8 @@ from typing import Any, Protocol, TypeVar
 
 from common import config, errors
 from common import logging as dlog
+
+log = dlog.get("drlab.daemon")
 
 C = TypeVar("C")
 
@@ -56,7 +59,26 @@ async def serve(service: Service) -> None:
     try:
         await stop.wait()
     finally:
-        await service.stop()
+        await _stop_reporting(service)
+
+
+STOP_REPORT_S = 8.0  # a stop still running then logs every task's stack (it goes on)
+
+
+async def _stop_reporting(service: Service) -> None:
+    """``service.stop()``; when it takes longer than ``STOP_REPORT_S``, log where each task is,
+    so that a stop that hangs until SIGKILL leaves its reason in the log."""
+    stopping = asyncio.ensure_future(service.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=STOP_REPORT_S)
+    if not done:
+        log.error("stop_slow", seconds=STOP_REPORT_S, tasks=[_where(t) for t in asyncio.all_tasks()])
+    await stopping
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    stack = io.StringIO()
+    task.print_stack(limit=8, file=stack)
+    return f"{task.get_name()}: {stack.getvalue()[-1500:]}"
 
 
 def main(name: str, description: str, cfg_type: type[C], make: Callable[[C], Any],
