@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
 from common import logging as dlog
-from cs import accounts, enrollment, hypervisors, model, runner, validate
+from cs import accounts, enrollment, hypervisors, model, runner, sites, validate
 from cs.db.inventory import DiscoveredMachine, Hypervisor
 from cs.db.models import Account, Component, EnrollmentToken, Job
 from cs.runner import JobContext
@@ -220,7 +220,20 @@ async def run(ctx: JobContext) -> dict[str, Any]:
             log.warning("push_install_failed", job_id=ctx.job_id, error=exc.message)
         raise
     await ctx.step("agent enrolls", percent=100.0, detail=f"agent {component_id}")
-    async with ctx.state.change() as session:  # the inventory shows the agent without waiting 15 minutes
+    async with ctx.state.change() as session:
+        site = await _join_site(session, component_id, p["ps_id"])
         with contextlib.suppress(errors.NotFound):  # the hypervisor was removed meanwhile
-            await hypervisors.discover_now(session, p["hypervisor"])
-    return {"hypervisor": p["hypervisor"], "vm": p["vm"], "host_id": p["host_id"], "component_id": component_id}
+            await hypervisors.discover_now(session, p["hypervisor"])  # the inventory shows the agent at once
+    return {"hypervisor": p["hypervisor"], "vm": p["vm"], "host_id": p["host_id"], "component_id": component_id,
+            "site": site}
+
+
+async def _join_site(session: AsyncSession, agent_id: str, ps_id: str) -> str | None:
+    """A machine pushed onto by a PS lives where that PS is: put it in the PS's site unless it is
+    in one already (protection then picks a PS there and an MT outside it, cs/targets.py)."""
+    agent, ps = await session.get(Component, agent_id), await session.get(Component, ps_id)
+    if agent is None or agent.site_name is not None or ps is None or ps.site_name is None:
+        return agent.site_name if agent is not None else None
+    await sites.assign(session, ps.site_name, [agent_id])
+    log.info("push_install_site", agent=agent_id, site=ps.site_name)
+    return ps.site_name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -408,20 +409,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _machine_by_host_id(args: argparse.Namespace) -> None:
-    """A machine named by its host id (``m1``, ``web1``) becomes its component id."""
-    from deploy.cli_inventory import COMPONENT_ID, resolve
+async def _resolve(api: Any, *, role: str, name: str) -> str:
+    from deploy.cli_inventory import resolve
 
-    name = getattr(args, "machine_id", None)
-    if isinstance(name, str) and name and not COMPONENT_ID.match(name):
-        args.machine_id = _admin_api(args, lambda api: resolve(api, "agent", name))
+    return await resolve(api, role, name)
+
+
+def _by_host_id(args: argparse.Namespace) -> None:
+    """Machines (``machine_id``) and process servers (``ps_id``, and ``--to`` of a ``ps`` command)
+    named by their host id (``m1``, ``web1``, ``ps2``) become their component ids."""
+    from deploy.cli_inventory import COMPONENT_ID
+
+    named = [("machine_id", "agent"), ("ps_id", "ps")] + ([("to", "ps")] if hasattr(args, "ps_command") else [])
+    for attr, role in named:
+        name = getattr(args, attr, None)
+        if isinstance(name, str) and name and not COMPONENT_ID.match(name):
+            setattr(args, attr, _admin_api(args, functools.partial(_resolve, role=role, name=name)))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dlog.setup("drlab", level=logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        _machine_by_host_id(args)
+        _by_host_id(args)
         return int(args.func(args))
     except errors.DrlabError as exc:
         print(f"drlab: error: {exc.message}", file=sys.stderr)

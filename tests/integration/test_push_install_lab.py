@@ -32,7 +32,8 @@ vms = [
 @pytest.fixture
 async def hvlab(tmp_path: Path) -> Any:
     net = random.randrange(30, 250)
-    topo = write_topology(tmp_path / "lab.toml", net, machines=[], extra=HV.format(net=net))
+    # with the way back (a cloud PS, an on-prem MT): the pushed machine must still go on-prem PS -> cloud MT
+    topo = write_topology(tmp_path / "lab.toml", net, machines=[], way_back=True, extra=HV.format(net=net))
     lab = Lab(load(topo), tmp_path / "lab")
     try:
         yield lab
@@ -83,6 +84,7 @@ async def test_discover_push_install_enroll_and_protect(hvlab: Lab) -> None:
     # the right account: the PS pushes, the hypervisor starts the agent, which enrolls by token
     job = install(lab, "web1", labhv.guest_account(hv), ok=True)
     assert job["state"] == "succeeded", job
+    assert job["result"]["site"] == "onprem", job  # where its PS is: protection picks a PS there, an MT outside
     (agent,) = await agents(lab, "web1")
     agent_dir = hvvm.agent_dir(lab.node_dir(hv), "web1")
     assert not (agent_dir / "enroll-token").exists(), "the spent token is still on the VM"
@@ -97,7 +99,9 @@ async def test_discover_push_install_enroll_and_protect(hvlab: Lab) -> None:
     run_cli(lab, "protect", agent["component_id"], "--wait", "--timeout-s", "60")
     async with lab.admin() as admin:
         disks = [d for d in await admin.disks() if d["machine_id"] == agent["component_id"]]
+        comps = {c["component_id"]: c["host_id"] for c in await admin.components()}
     assert [d["state"] for d in disks] == ["protected"], disks
+    assert (comps[disks[0]["ps_id"]], comps[disks[0]["mt_id"]]) == ("ps1", "mt1")
 
     pids = hvvm.vm_pids(lab.node_dir(hv))
     assert set(pids) == {"web1"}
