@@ -55,6 +55,12 @@ async def verify_point(admin: Any, sc: Scenario, point: dict[str, Any]) -> None:
     assert res.ok, f"point {point['gen']}/{point['seq']} (W {point['wnum_hi']}): {res.detail}"
 
 
+# writes of at most 64 KiB: a batch's undo fits a few to a 128 KiB segment, so pruning for space leaves
+# many points to check (a 1 MiB write fills whole segments, and a seed with a few of them at the end
+# left only two points)
+SMALL_WRITES = ("--write-sizes", "4096:0.5,65536:0.5")
+
+
 @pytest.mark.timeout(240)
 async def test_low_space_prunes_or_pauses_and_every_listed_point_stays_valid(make_lab: LabMaker, seed: int) -> None:
     lab = make_lab(DISK_MIB)
@@ -65,7 +71,7 @@ async def test_low_space_prunes_or_pauses_and_every_listed_point_stays_valid(mak
         api = admin._api
         await sc.protect(admin, timeout_s=90)
         # prune (the default policy's action): the volume fills, the oldest segments go
-        await asyncio.to_thread(sc.finish_workload, sc.start_workload(1.5, 3, [0]), 60)
+        await asyncio.to_thread(sc.finish_workload, sc.start_workload(1.5, 3, [0], *SMALL_WRITES), 60)
         await sc.wait_drained()
         await until("segments pruned for space", 20, lambda: asyncio.sleep(0, floor_of(lab, sc.disk_id) > 1))
         # pruning inside the window may warn while it catches up, never more; it clears at once
@@ -75,7 +81,7 @@ async def test_low_space_prunes_or_pauses_and_every_listed_point_stays_valid(mak
         # pause: applying stops under the threshold, the CS raises the alert, nothing is lost
         await api.request("PATCH", "/v1/policies/default", json_body={"low_space_action": "pause"})
         await asyncio.sleep(1.5)  # the MT's settings long-poll brings the new action
-        proc = sc.start_workload(1.5, 3, [0])
+        proc = sc.start_workload(1.5, 3, [0], *SMALL_WRITES)
         await until("retention_low_space raised", 40,
                     lambda: _is(retention_alerts(api), {sc.disk_id: "critical"}))
         await asyncio.to_thread(sc.finish_workload, proc, 60)
