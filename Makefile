@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint system-deps clean bench-cs
+.PHONY: demo test lint system-deps clean bench-cs bench-references
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,10 @@ test: $(STAMP) system-deps lint
 # results in bench/results/. BENCH_ARGS adds options, e.g. BENCH_ARGS="--engine postgresql".
 bench-cs: $(STAMP)
 	$(BIN)/python -m bench.cs_heartbeats $(BENCH_ARGS)
+
+# same-run ceilings for data-path throughput (TLS copy; lz4 + AES-GCM), e.g. BENCH_ARGS="--mb 512".
+bench-references: $(STAMP)
+	$(BIN)/python -m bench.references $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .lab
