@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from bench import procs
+from bench.results_io import write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 START_TIMEOUT_S = 120.0
@@ -198,13 +199,7 @@ def markdown(rep: dict[str, Any]) -> str:
 
 
 def write(rep: dict[str, Any], out: Path, label: str) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = rep["time_utc"].replace(":", "").replace("+0000", "Z")
-    stem = out / f"cs_heartbeats-{stamp}{'-' + label if label else ''}"
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    json_path.write_text(json.dumps(rep, indent=2) + "\n")
-    md_path.write_text(markdown(rep))
-    return json_path, md_path
+    return write_report(rep, markdown(rep), out, "cs_heartbeats", label)
 
 
 def main(argv: list[str] | None = None) -> int:

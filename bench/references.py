@@ -41,6 +41,7 @@ import lz4.frame
 from aiohttp import web
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bench.results_io import write_report
 from common import datagen, tls
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -273,13 +274,7 @@ def markdown(rep: dict[str, Any]) -> str:
 
 
 def write(rep: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = rep["time_utc"].replace(":", "").replace("+0000", "Z")
-    stem = out / f"references-{stamp}-{rep['profile']}"
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    json_path.write_text(json.dumps(rep, indent=2) + "\n")
-    md_path.write_text(markdown(rep))
-    return json_path, md_path
+    return write_report(rep, markdown(rep), out, "references", rep["profile"])
 
 
 def main(argv: list[str] | None = None) -> int:
