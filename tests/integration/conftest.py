@@ -54,6 +54,32 @@ ps = [{ps_list}]
     return path
 
 
+WEB1 = '{ name = "web1", disks = [{ name = "disk0", size_mib = 8 }] }'
+
+
+def hypervisor_toml(net: int, old1_disks: str = '[{ name = "disk0", size_mib = 8 }]') -> str:
+    """An on-prem hypervisor hv1 (127.NET.1.10:443) with VMs web1 (on, one 8 MiB disk) and old1
+    (windows, powered off, ``old1_disks``): ``write_topology(..., extra=…)``."""
+    old1 = f'{{ name = "old1", os = "windows", power_state = "off", disks = {old1_disks} }}'
+    return (f'\n[[onprem.hypervisors]]\nname = "hv1"\naddress = "127.{net}.1.10"\nport = 443\n'
+            f"vms = [\n  {WEB1},\n  {old1},\n]\n")
+
+
+def hv_lab(tmp_path: Path, **topology: Any) -> Lab:
+    """A lab on a loopback range of its own with hypervisor_toml's hv1 (``topology``: write_topology's
+    keywords); stop it with ``down_clean``."""
+    net = random.randrange(30, 250)
+    old1 = topology.pop("old1_disks", None)
+    extra = hypervisor_toml(net, old1) if old1 else hypervisor_toml(net)
+    return Lab(load(write_topology(tmp_path / "lab.toml", net, extra=extra, **topology)), tmp_path / "lab")
+
+
+def down_clean(lab: Lab) -> None:
+    """Stop every daemon of the lab; one that needed SIGKILL fails the test."""
+    left = lab.down()
+    assert not left, f"daemons needed SIGKILL at teardown: {left}"
+
+
 def run_cli(lab: Lab, *args: str, ok: bool | None = True, timeout_s: float = 120.0,
             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     """``drlab --topology … --dir … ARGS`` as an operator runs it (``input_text`` on its stdin);
@@ -84,8 +110,7 @@ async def make_lab(tmp_path: Path) -> AsyncIterator[LabMaker]:
         yield make
     finally:
         for the_lab in labs:
-            left = the_lab.down()
-            assert not left, f"daemons needed SIGKILL at teardown: {left}"
+            down_clean(the_lab)
 
 
 @pytest.fixture

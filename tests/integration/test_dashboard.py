@@ -25,36 +25,22 @@ from common import tls
 from common.http import ApiClient
 from deploy.lab import Lab
 from deploy.scenario import Scenario
-from deploy.topology import load
-from tests.integration.conftest import write_topology
+from tests.integration.conftest import down_clean, hv_lab
 
 OPERATOR, PASSWORD = "dash-admin", "dashboard password 1"
 READER = "dash-reader"
 WAIT_S = 20.0
-HV = """
-[[onprem.hypervisors]]
-name = "hv1"
-address = "127.{net}.1.10"
-port = 443
-vms = [
-  {{ name = "web1", disks = [{{ name = "disk0", size_mib = 8 }}] }},
-  {{ name = "old1", os = "windows", power_state = "off", disks = {old1_disks} }},
-]
-"""
 OLD1_DISKS = '[{ name = "disk0", size_mib = 8 }, { name = "disk1", size_mib = 4 }]'
 
 
 @pytest.fixture
 async def hvlab(tmp_path: Path) -> AsyncIterator[Lab]:
     """The lab of ``make_lab(32)`` (one machine, one 32 MiB disk) and a hypervisor hv1 with two VMs."""
-    net = random.randrange(30, 250)
-    topo = write_topology(tmp_path / "lab.toml", net, 32, extra=HV.format(net=net, old1_disks=OLD1_DISKS))
-    lab = Lab(load(topo), tmp_path / "lab")
+    lab = hv_lab(tmp_path, disk_mib=32, old1_disks=OLD1_DISKS)
     try:
         yield lab
     finally:
-        left = lab.down()
-        assert not left, f"daemons needed SIGKILL at teardown: {left}"
+        down_clean(lab)
 
 
 def size(n: int) -> str:

@@ -6,7 +6,7 @@ job clearly and leaves nothing registered; the pushed agent replicates; ``lab do
 from __future__ import annotations
 
 import json
-import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,32 +14,17 @@ import pytest
 
 from deploy import hvvm, labhv
 from deploy.lab import Lab, alive
-from deploy.topology import load
-from tests.integration.conftest import run_cli, until, write_topology
-
-HV = """
-[[onprem.hypervisors]]
-name = "hv1"
-address = "127.{net}.1.10"
-port = 443
-vms = [
-  {{ name = "web1", disks = [{{ name = "disk0", size_mib = 8 }}] }},
-  {{ name = "old1", os = "windows", power_state = "off", disks = [{{ name = "disk0", size_mib = 8 }}] }},
-]
-"""
+from tests.integration.conftest import down_clean, hv_lab, run_cli, until
 
 
 @pytest.fixture
-async def hvlab(tmp_path: Path) -> Any:
-    net = random.randrange(30, 250)
+async def hvlab(tmp_path: Path) -> AsyncIterator[Lab]:
     # with the way back (a cloud PS, an on-prem MT): the pushed machine must still go on-prem PS -> cloud MT
-    topo = write_topology(tmp_path / "lab.toml", net, machines=[], way_back=True, extra=HV.format(net=net))
-    lab = Lab(load(topo), tmp_path / "lab")
+    lab = hv_lab(tmp_path, machines=[], way_back=True)
     try:
         yield lab
     finally:
-        left = lab.down()
-        assert not left, f"daemons needed SIGKILL at teardown: {left}"
+        down_clean(lab)
 
 
 async def agents(lab: Lab, host_id: str) -> list[dict[str, Any]]:
