@@ -32,14 +32,22 @@ class Fleet:
     admin: ApiClient
     ps_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # what each PS heartbeats
     beating: set[str] = field(default_factory=set)
+    agent_status: dict[str, Any] | None = None  # what the agent heartbeats, once it follows a PS
+
 
     async def disk(self) -> dict[str, Any]:
         return next(d for d in await self.env.admin.disks() if d["disk_id"] == self.disk_id)
 
     async def agent_beat(self, ps_port: int, generation: int) -> None:
-        status = {"disk_id": self.disk_id, "state": "protected", "generation": generation,
-                  "ps_url": f"https://127.0.0.1:{ps_port}"}
-        await self.agent.api.post("/v1/heartbeat", {"metrics": {"disks": {"disk0": status}}})
+        """The agent follows that PS and generation: it says so now and in every beat after (as a real
+        agent does), so a job that starts watching later still sees a fresh heartbeat."""
+        self.agent_status = {"disk_id": self.disk_id, "state": "protected", "generation": generation,
+                             "ps_url": f"https://127.0.0.1:{ps_port}"}
+        await self._beat_agent()
+
+    async def _beat_agent(self) -> None:
+        if self.agent_status is not None:
+            await self.agent.api.post("/v1/heartbeat", {"metrics": {"disks": {"disk0": self.agent_status}}})
 
     async def protected(self, generation: int) -> None:
         body = {"state": "protected", "percent": 100.0, "bytes_done": SIZE, "bytes_total": SIZE,
@@ -59,6 +67,10 @@ class Fleet:
                         await ps.api.post("/v1/heartbeat", {"metrics": self.ps_metrics.get(ps.component_id, {})})
                     except Exception as exc:  # shown by the test's output; the next beat retries
                         print(f"heartbeat of {ps.host_id} failed: {exc!r}")
+            try:
+                await self._beat_agent()
+            except Exception as exc:
+                print(f"heartbeat of the agent failed: {exc!r}")
             await asyncio.sleep(0.2)
 
     async def job(self, kind: str, ps: Enrolled, body: dict[str, Any]) -> str:
