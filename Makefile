@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint system-deps clean bench-cs bench-references
+.PHONY: demo test lint system-deps clean bench bench-quick bench-cs bench-references
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,16 @@ lint: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q -p no:cacheprovider -n 2 --ignore=tests/integration
 	$(BIN)/pytest -q -p no:cacheprovider --durations=10 tests/integration
+
+# every benchmark (not part of `make test`): throughput, RPO, memory (bench/e2e.py), initial
+# replication and resync, RTO, CS capacity; each beside references measured in the same run.
+# One report in bench/results/ (JSON + markdown). BENCH_ARGS: e.g. "--seed 42 --only e2e,rto".
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench.all $(BENCH_ARGS)
+
+# the same, short (a smoke run of every benchmark, a few minutes)
+bench-quick: $(STAMP) system-deps
+	$(BIN)/python -m bench.all --quick $(BENCH_ARGS)
 
 # CS capacity (not part of `make test`): heartbeats/s and latency beside a no-database endpoint,
 # results in bench/results/. BENCH_ARGS adds options, e.g. BENCH_ARGS="--engine postgresql".

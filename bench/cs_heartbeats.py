@@ -202,14 +202,27 @@ def write(rep: dict[str, Any], out: Path, label: str) -> tuple[Path, Path]:
     return write_report(rep, markdown(rep), out, "cs_heartbeats", label)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     for engine in args.engine:
         with tempfile.TemporaryDirectory(prefix=f"drlab-bench-{engine}-") as tmp, \
                 database(engine, args.db_url) as db_url:
             runs.append(run_engine(engine, db_url, args, Path(tmp)))
-    rep = report(args, runs)
+    return report(args, runs)
+
+
+def run(quick: bool, seed: int) -> tuple[dict[str, Any], str]:
+    """For ``make bench`` (bench/all.py): both engines; quick: 100 components, 3 s per phase.
+    (The fleet is random by nature; ``seed`` is not used.)"""
+    argv = ["--engine", "sqlite", "--engine", "postgresql"]
+    argv += ["--components", "100", "--duration", "3", "--warmup", "0.5"] if quick else []
+    rep = measure(parse_args(argv))
+    return rep, "### CS capacity: heartbeats beside a no-database endpoint\n\n" + markdown(rep)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rep = measure(args)
     json_path, md_path = write(rep, args.out, args.label)
     if not args.quiet:
         print(json.dumps(rep, indent=2))
