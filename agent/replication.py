@@ -409,7 +409,8 @@ class Replicator:
     def _client(self, ps_url: str) -> ApiClient:
         if ps_url not in self._clients:
             self._clients[ps_url] = ApiClient(ps_url, self._ssl, timeout_s=self.cfg.request_timeout_s,
-                                              limit=max(4, 2 * self.cfg.upload_window_batches))
+                                              limit=max(4, 2 * self.cfg.upload_window_batches),
+                                              bulk_threads=2 * self.cfg.upload_window_batches)
         return self._clients[ps_url]
 
     def _stale(self, index: int) -> None:

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ class BenchLab:
 @asynccontextmanager
 async def bench_lab(machines: int, disk_mib: int, seed: int, ps_extra: str = "") -> AsyncIterator[BenchLab]:
     root = Path(tempfile.mkdtemp(prefix="drlab-bench-lab-"))
-    net = random.Random(seed).randrange(30, 250)
+    net = random.Random(f"{seed}:{os.getpid()}:{time.time_ns()}").randrange(30, 250)  # concurrent benchmarks differ
     topo_file = root / "lab.toml"
     topo_file.write_text(topology_toml(net, machines, disk_mib, ps_extra))
     lab = Lab(load_topology(topo_file), root / "lab")

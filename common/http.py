@@ -16,6 +16,7 @@ from aiohttp import web
 
 from common import errors
 from common import logging as dlog
+from common.bulkhttp import BulkSender
 from common.tls import Identity, identity_from_peercert
 
 log = dlog.get("drlab.http")
@@ -76,6 +77,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+BULK_MIN_BYTES = 64 * 1024  # a body this large goes over the bulk sender, when the client has one
 SessionLookup = Callable[[str], Awaitable[Identity | None]]
 SESSION_COOKIE = "drlab_session"
 ROUTE_ROLES_ATTR = "__drlab_roles__"  # set by cs/api/spec.py's decorator: the roles a route declares
@@ -156,6 +158,12 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     """Read a binary body, refusing more than ``max_bytes`` before allocating it."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise errors.TooLarge(f"body of {request.content_length} bytes exceeds {max_bytes}")
+    if request.content_length is not None:  # one join of what arrived: no growing buffer, no final copy
+        try:
+            return await request.content.readexactly(request.content_length)
+        except asyncio.IncompleteReadError as exc:
+            raise errors.BadRequest(f"body ended after {len(exc.partial)} of {request.content_length} bytes") \
+                from None
     buf = bytearray()
     async for chunk in request.content.iter_chunked(1024 * 1024):
         buf += chunk
@@ -174,12 +182,15 @@ class ApiClient:
     """JSON/bytes client for one server; raises :mod:`common.errors` classes on failure."""
 
     def __init__(self, base_url: str, ssl_context: ssl.SSLContext, *, timeout_s: float = 30.0,
-                 limit: int = 16) -> None:
+                 limit: int = 16, bulk_threads: int = 0) -> None:
         self.base_url = base_url.rstrip("/")
         self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
+        # bodies of BULK_MIN_BYTES or more go over blocking TLS in worker threads (common/bulkhttp.py)
+        self._bulk = BulkSender(self.base_url, ssl_context, threads=bulk_threads, timeout_s=timeout_s,
+                                parse=_parse) if bulk_threads > 0 else None
         self.proxy: str | None = None  # an HTTP CONNECT proxy for every request (ps/uplink.py)
         self.proxy_headers: dict[str, str] | None = None  # Proxy-Authorization, when the proxy has credentials
 
@@ -197,10 +208,15 @@ class ApiClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._bulk is not None:
+            self._bulk.close()
 
     async def request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
                       params: dict[str, Any] | None = None, timeout_s: float | None = None,
                       headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        if self._bulk is not None and data is not None and len(data) >= BULK_MIN_BYTES and not params:
+            return await self._bulk.request(method, path, data, headers=headers, timeout_s=timeout_s,
+                                            proxy=self.proxy, proxy_headers=self.proxy_headers)
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
         try:
             async with self.session.request(method, self.base_url + path, json=json_body, data=data,

@@ -85,16 +85,20 @@ class CSAdminClient:
     async def site_members(self, name: str, members: list[str]) -> None:
         await self._api.post(f"/v1/sites/{name}/members", {"members": members})
 
-    async def failover(self, disk_id: str, point: Point = "latest") -> str:
-        return str((await self._api.post(f"/v1/disks/{disk_id}/failover", {"point": point}))["job_id"])
+    async def failover(self, disk_id: str, point: Point = "latest", image: bool = False) -> str:
+        """Fail a disk over; ``image``: the job also writes the view's image file (``image_path``)."""
+        body: dict[str, Any] = {"point": point, **({"image": True} if image else {})}
+        return str((await self._api.post(f"/v1/disks/{disk_id}/failover", body))["job_id"])
 
     async def machine_points(self, machine_id: str, limit: int = 100) -> dict[str, Any]:
         """The machine's consistent points (every protected disk at one W), oldest first."""
         return dict(await self._api.get(f"/v1/machines/{machine_id}/points", params={"limit": limit}))
 
-    async def machine_failover(self, machine_id: str, point: Point = "latest") -> str:
-        """Fail every protected disk of the machine over to one machine point; returns the job id."""
-        return str((await self._api.post(f"/v1/machines/{machine_id}/failover", {"point": point}))["job_id"])
+    async def machine_failover(self, machine_id: str, point: Point = "latest", image: bool = False) -> str:
+        """Fail every protected disk of the machine over to one machine point; returns the job id.
+        ``image``: every disk's image file is written too (``image_path`` in the result)."""
+        body: dict[str, Any] = {"point": point, **({"image": True} if image else {})}
+        return str((await self._api.post(f"/v1/machines/{machine_id}/failover", body))["job_id"])
 
     async def ps_move(self, ps_id: str, kind: str, body: dict[str, Any]) -> str:
         """Queue a PS ``switch`` (every machine) or ``balance`` (``machine_ids``) job; returns its id."""

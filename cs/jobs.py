@@ -63,7 +63,9 @@ def parse_point(body: dict[str, Any]) -> str | dict[str, Any]:
                             '{"gen": int, "seq": int} or {"tag": str}')
 
 
-async def failover(state: CSState, disk_id: str, point: str | dict[str, Any]) -> str:
+async def failover(state: CSState, disk_id: str, point: str | dict[str, Any], image: bool = False) -> str:
+    """Queue a disk's failover job; ``image``: its MT also writes the view's image file (the job
+    then takes time in proportion to the data; without it the job succeeds once the view is made)."""
     now = time.time_ns()
     async with state.change() as session:
         disk = await session.get(Disk, disk_id)
@@ -75,9 +77,10 @@ async def failover(state: CSState, disk_id: str, point: str | dict[str, Any]) ->
             raise errors.Conflict(f"disk {disk_id} already has a job in progress")
         await _no_machine_operation(session, disk)
         job = Job(job_id=uuid.uuid4().hex, kind="failover", disk_id=disk_id, state="queued",
-                  params={"point": point}, result=None, error=None, created_ns=now, updated_ns=now)
+                  params={"point": point, **({"image": True} if image else {})}, result=None, error=None,
+                  created_ns=now, updated_ns=now)
         session.add(job)
-    log.info("failover_queued", job_id=job.job_id, disk_id=disk_id, point=point, mt_id=disk.mt_id)
+    log.info("failover_queued", job_id=job.job_id, disk_id=disk_id, point=point, mt_id=disk.mt_id, image=image)
     return job.job_id
 
 

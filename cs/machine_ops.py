@@ -4,7 +4,8 @@ Operations (``OPS``: the name in the API -> the job kind; the job's ``disk_id`` 
 machine id):
 - ``test-failover``: a machine failover (cs/machines.py) with ``mode: test``; the disks stay
   ``protected`` and replication keeps running under the views; the result lists every disk's
-  view (the failover child job's id) and image path;
+  view (the failover child job's id), its NBD URL and, when asked (``image: true``, any failover
+  or point change), its image path;
 - ``failover`` (unplanned): the same with ``mode: unplanned``; the disks go
   ``failover-in-progress`` (at the request) then ``failed-over`` (back to their states if it fails);
   a test, unplanned or planned failover that fails part-way drops (``view-drop``, best effort) the
@@ -92,8 +93,12 @@ async def current(session: Any, machine_id: str) -> dict[str, Any] | None:
     return failover
 
 
-async def request(session: Any, op: str, machine_id: str, point: Any = "latest") -> str:
-    """Queue operation ``op`` in the caller's write transaction (checks first: 404, 409)."""
+IMAGE_OPS = ("test-failover", "failover", "planned-failover", "change-point")  # the ops that take ``image``
+
+
+async def request(session: Any, op: str, machine_id: str, point: Any = "latest", image: bool = False) -> str:
+    """Queue operation ``op`` in the caller's write transaction (checks first: 404, 409). ``image``
+    (a failover or point change): every disk's image file is written too, and listed in the result."""
     if op not in OPS:
         raise errors.BadRequest(f"operation must be one of {', '.join(OPS)}")
     await protection.agent_or_404(session, machine_id)
@@ -107,7 +112,10 @@ async def request(session: Any, op: str, machine_id: str, point: Any = "latest")
     now = await current(session, machine_id)
     check(op, now, machine_id)
     disks = await machines._machine_disks(session, machine_id)  # 409 without a protected disk
-    params: dict[str, Any] = {"machine_id": machine_id, "point": point, "failover": now}
+    if image and op not in IMAGE_OPS:
+        raise errors.BadRequest(f"{op} takes no image")
+    params: dict[str, Any] = {"machine_id": machine_id, "point": point, "failover": now,
+                              **({"image": True} if image else {})}
     if op in ("failover", "planned-failover"):
         params["states"] = {d.disk_id: d.state for d in disks}  # back to these if it fails
         for disk in disks:
@@ -117,9 +125,9 @@ async def request(session: Any, op: str, machine_id: str, point: Any = "latest")
     return job_id
 
 
-async def submit(state: CSState, op: str, machine_id: str, point: Any = "latest") -> str:
+async def submit(state: CSState, op: str, machine_id: str, point: Any = "latest", image: bool = False) -> str:
     async with state.change() as session:
-        return await request(session, op, machine_id, point)
+        return await request(session, op, machine_id, point, image)
 
 
 # -- the handlers ------------------------------------------------------------------------------
@@ -160,7 +168,7 @@ async def _machine_failover(ctx: JobContext, mode: str, views: dict[str, str] | 
     if not child:
         async with ctx.state.change() as session:
             child = await machines.start(session, ctx.target_id, ctx.params.get("point", "latest"), mode=mode,
-                                         views=views, owner=ctx.job_id)
+                                         views=views, owner=ctx.job_id, image=bool(ctx.params.get("image")))
             job = await session.get(Job, ctx.job_id)
             if job is not None:
                 job.params = {**(job.params or {}), "machine_job": child}

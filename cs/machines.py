@@ -10,7 +10,8 @@ pull with their settings like any failover job (docs/PROTOCOL.md, "Machine point
   (posted by the MTs, in the transaction of that post) the next phase starts: ``probe`` (latest
   points, or the first points after the time), then ``below`` (time only: each disk's newest point
   under the bound), then ``failover`` (each disk to ``{"wnum": W}``), then the job succeeds with
-  every disk's image at W. Any child failing fails the machine job, with every disk's error.
+  every disk's view at W (and its image file when asked: ``image``). Any child failing fails the
+  machine job, with every disk's error.
 The choice of W is the pure rule of ``cs/machinepoints.py``.
 """
 
@@ -48,8 +49,8 @@ def parse_point(body: dict[str, Any]) -> str | dict[str, int]:
     """``"latest"`` (default), ``"latest-processed"``, ``"latest-app-consistent"``,
     ``"latest-multi-machine"`` (the W of the newest such tag every disk carries; cs/pointnames.py),
     ``{"wnum": W}`` or ``{"time_ns": T}``."""
-    if set(body) - {"point"}:
-        raise errors.BadRequest("a machine failover takes only a point")
+    if set(body) - {"point", "image"}:
+        raise errors.BadRequest("a machine failover takes only a point (and image)")
     point = body.get("point", "latest")
     if point in NAMED:
         return str(point)
@@ -97,19 +98,21 @@ def after_probe(spec: str | dict[str, int], results: dict[str, dict[str, Any]]) 
 
 
 def failover_outcome(wnum: int, names: dict[str, str], children: dict[str, str],
-                     results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The machine job's result from its disks' failover results (each checked to be at W)."""
+                     results: dict[str, dict[str, Any]], image: bool = False) -> dict[str, Any]:
+    """The machine job's result from its disks' failover results (each checked to be at W, with an
+    ``image_path`` when the failover asked for images)."""
     disks, accuracies, times = [], [], []
     for disk_id, result in sorted(results.items(), key=lambda kv: names.get(kv[0], kv[0])):
         point = result.get("point") if isinstance(result, dict) else None
         if not isinstance(point, dict) or not isinstance(point.get("wnum_hi"), int) or point["wnum_hi"] > wnum \
-                or point.get("accuracy") not in mp.ACCURACY_RANK or not isinstance(result.get("image_path"), str):
+                or point.get("accuracy") not in mp.ACCURACY_RANK \
+                or (image and not isinstance(result.get("image_path"), str)):
             raise errors.BadRequest(f"disk {disk_id}: the MT's failover result is not a point at or before {wnum}")
         accuracies.append(str(point["accuracy"]))
         times.append(int(point.get("t_last_ns") or 0))
         disks.append({"disk_id": disk_id, "name": names.get(disk_id, ""), "job_id": children.get(disk_id),
-                      "image_path": result["image_path"], "point": point,
-                      **({"nbd_url": result["nbd_url"]} if isinstance(result.get("nbd_url"), str) else {})})
+                      "point": point, **{k: result[k] for k in ("image_path", "nbd_url")
+                                         if isinstance(result.get(k), str)}})
     return {"wnum": wnum, "t_ns": max(times, default=0), "accuracy": mp.worst(accuracies), "disks": disks}
 
 
@@ -133,29 +136,31 @@ def _new_job(kind: str, target: str, params: dict[str, Any], now: int, state: st
 
 def _children(session: AsyncSession, parent: Job, phase: str, point: Any, now: int) -> dict[str, str]:
     """One child per disk; the failover phase of a point change (``views``: disk id -> the view a
-    failover made) moves each disk's view (``view-change``) instead of making a new one."""
+    failover made) moves each disk's view (``view-change``) instead of making a new one; a failover
+    phase child asks for its image file when the machine job does (``image``)."""
     views = parent.params.get("views") or {}
     kind = ("view-change" if views else "failover") if phase == "failover" else PROBE_KIND
     out = {}
     for disk_id in sorted(parent.params["disks"]):
         where = {"view": views[disk_id], "to": point} if kind == "view-change" else point
-        child = _new_job(kind, disk_id, {"point": where, "parent": parent.job_id, "phase": phase}, now)
+        image = {"image": True} if phase == "failover" and parent.params.get("image") else {}
+        child = _new_job(kind, disk_id, {"point": where, "parent": parent.job_id, "phase": phase, **image}, now)
         session.add(child)
         out[disk_id] = child.job_id
     return out
 
 
-async def failover(state: CSState, machine_id: str, spec: str | dict[str, int]) -> str:
+async def failover(state: CSState, machine_id: str, spec: str | dict[str, int], image: bool = False) -> str:
     """Queue a machine failover (202): refused (409) while any of its disks has a job going."""
     async with state.change() as session:
-        return await start(session, machine_id, spec)
+        return await start(session, machine_id, spec, image=image)
 
 
 async def start(session: AsyncSession, machine_id: str, spec: str | dict[str, int], *, mode: str | None = None,
-                views: dict[str, str] | None = None, owner: str | None = None) -> str:
+                views: dict[str, str] | None = None, owner: str | None = None, image: bool = False) -> str:
     """Queue a machine failover in the caller's transaction. ``mode`` (test|unplanned) is recorded;
     ``views`` makes it a point change of those views; ``owner`` is the operation job that asks
-    (cs/machine_ops.py), not counted as a job in progress."""
+    (cs/machine_ops.py), not counted as a job in progress; ``image``: every disk's image file too."""
     now = time.time_ns()
     disks = await _machine_disks(session, machine_id)
     busy = [d.name for d in disks if any(not is_listing_probe(j)
@@ -168,13 +173,14 @@ async def start(session: AsyncSession, machine_id: str, spec: str | dict[str, in
     parent = _new_job(MACHINE_KIND, machine_id, {}, now, state="running")
     params: dict[str, Any] = {"machine_id": machine_id, "point": spec, "phase": "probe",
                               "disks": {d.disk_id: d.name for d in disks},
-                              **({"mode": mode} if mode else {}), **({"views": views} if views else {})}
+                              **({"mode": mode} if mode else {}), **({"views": views} if views else {}),
+                              **({"image": True} if image else {})}
     parent.params = params
     session.add(parent)
     params["children"] = _children(session, parent, "probe", first_query(spec), now)
     parent.params = dict(params)
     log.info("machine_failover_queued", job_id=parent.job_id, machine_id=machine_id, point=spec, disks=len(disks),
-             mode=mode, change=views is not None)
+             mode=mode, change=views is not None, image=image)
     return parent.job_id
 
 
@@ -217,7 +223,7 @@ def _advance(session: AsyncSession, parent: Job, params: dict[str, Any], results
         phase, number = "failover", mp.time_wnum(_field(results, "below"), int(params["bound"]))
     else:
         outcome = failover_outcome(int(params["wnum"]), params["disks"], params.get("views") or params["children"],
-                                   results)  # a disk's view id: the failover job that made it
+                                   results, bool(params.get("image")))  # a disk's view id: the job that made it
         _finish(parent, now, result={"machine_id": params["machine_id"], "point": spec,
                                      "latest": params.get("latest", {}), **outcome,
                                      **({"mode": params["mode"]} if params.get("mode") else {})})

@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from common import errors
 from common import logging as dlog
-from cs import machine_ops, machines, model, runner
+from cs import machine_ops, machines, model, runner, validate
 from cs.db import meta, repo
 from cs.db.models import Job, RecoveryPlan
 from cs.runner import JobContext
@@ -53,17 +53,18 @@ def target_of(plan_name: str) -> str:
     return hashlib.sha256(plan_name.encode()).hexdigest()[:32]
 
 
-def parse_request(body: dict[str, Any]) -> tuple[str, Any]:
-    """``{"mode": "test"|"unplanned", "point"?}`` -> (mode, point)."""
-    model.body_keys(body, allowed=("mode", "point"), required=("mode",))
+def parse_request(body: dict[str, Any]) -> tuple[str, Any, bool]:
+    """``{"mode": "test"|"unplanned", "point"?, "image"?}`` -> (mode, point, image)."""
+    model.body_keys(body, allowed=("mode", "point", "image"), required=("mode",))
     mode = machine_ops.parse_mode(body, None)
     assert mode is not None
-    return mode, machines.parse_point({k: v for k, v in body.items() if k == "point"})
+    return mode, machines.parse_point({k: v for k, v in body.items() if k == "point"}), validate.flag(body, "image")
 
 
-async def request(state: CSState, name: str, mode: str, point: Any = "latest") -> str:
+async def request(state: CSState, name: str, mode: str, point: Any = "latest", image: bool = False) -> str:
     """Queue a plan failover (``mode`` test|unplanned) or cleanup (``mode`` cleanup): 404 for an
-    unknown plan, 409 while a job of the plan runs or when a machine could not take its operation."""
+    unknown plan, 409 while a job of the plan runs or when a machine could not take its operation.
+    ``image``: every machine's failover writes its disks' image files too."""
     kind = CLEANUP_KIND if mode == "cleanup" else FAILOVER_KIND
     async with state.change() as session:
         plan = await model.get_or_404(session, RecoveryPlan, name, "recovery plan")
@@ -79,7 +80,7 @@ async def request(state: CSState, name: str, mode: str, point: Any = "latest") -
                 if mode != "cleanup" or current is not None:
                     machine_ops.check(OP_OF_MODE[mode], current, machine_id)
         params = {"plan": name, "mode": mode, "point": point, "groups": groups, "children": {}, "waiting": None,
-                  "resumed": []}
+                  "resumed": [], **({"image": True} if image else {})}
         job_id = await runner.submit(session, kind, params, target_id=target_of(name))
     log.info("plan_job_requested", job_id=job_id, plan=name, mode=mode, groups=len(groups))
     return job_id
@@ -184,7 +185,8 @@ async def _machines(ctx: JobContext, group: int, machine_ids: list[str], percent
             for machine_id in machine_ids:
                 if op == "cleanup" and await machine_ops.current(session, machine_id) is None:
                     continue  # nothing to clean up there
-                started[machine_id] = await machine_ops.request(session, op, machine_id, ctx.params["point"])
+                started[machine_id] = await machine_ops.request(session, op, machine_id, ctx.params["point"],
+                                                                bool(ctx.params.get("image")))
         children[str(group)] = started
         await _remember(ctx, children=children)
     ids = children[str(group)]
@@ -199,7 +201,7 @@ async def _machines(ctx: JobContext, group: int, machine_ids: list[str], percent
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
     return {"wnum": result.get("wnum"),
-            "disks": [{k: d.get(k) for k in ("disk_id", "name", "job_id", "image_path")}
+            "disks": [{k: d[k] for k in ("disk_id", "name", "job_id", "image_path", "nbd_url") if k in d}
                       for d in result.get("disks", [])]}
 
 

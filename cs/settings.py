@@ -65,7 +65,9 @@ async def machine_policies(session: AsyncSession, machine_ids: set[str]) -> dict
 
 
 def mt_job(job: Job) -> dict[str, Any]:
-    return {"job_id": job.job_id, "kind": job.kind, "disk_id": job.disk_id, "point": job.params.get("point")}
+    """A job's entry in its MT's document; ``image: true`` only when the job asks for an image file."""
+    return {"job_id": job.job_id, "kind": job.kind, "disk_id": job.disk_id, "point": job.params.get("point"),
+            **({"image": True} if (job.params or {}).get("image") is True else {})}
 
 
 async def _revoked(session: AsyncSession) -> dict[str, Any]:

@@ -39,6 +39,14 @@ def choice(body: dict[str, Any], field: str, allowed: tuple[str, ...]) -> str:
     return str(value)
 
 
+def flag(body: dict[str, Any], field: str, default: bool = False) -> bool:
+    """An optional boolean field: absent is ``default``; anything but true or false is refused."""
+    value = body.get(field, default)
+    if not isinstance(value, bool):
+        raise errors.BadRequest(f"{field} must be true or false")
+    return value
+
+
 def integer(body: dict[str, Any], field: str, *, low: int = 0, high: int = MAX_U63) -> int:
     value = body.get(field)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

@@ -187,7 +187,8 @@ def cmd_failover(args: argparse.Namespace) -> int:
             else f"/v1/disks/{args.disk_id}/failover")
 
     async def go(api: Any) -> int:
-        job_id = str((await api.post(path, {"point": point}))["job_id"])
+        body: dict[str, Any] = {"point": point, **({"image": True} if args.image else {})}
+        job_id = str((await api.post(path, body))["job_id"])
         if not args.json:
             print(f"job {job_id}", flush=True)
         return await follow_job(api, job_id, args.timeout_s, as_json=args.json)
@@ -371,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     fo.add_argument("--point", default="latest", help="latest | latest-processed | latest-app-consistent | "
                     "latest-multi-machine | TIME_NS")
     fo.add_argument("--tag", default=None, help="the point carrying this bookmark tag (e.g. group-app:NAME)")
+    fo.add_argument("--image", action="store_true",
+                    help="also write each view's image file (image_path; takes time in proportion to the data)")
     fo.add_argument("--timeout-s", type=float, default=300.0)
     fo.set_defaults(func=cmd_failover)
 

@@ -1,7 +1,7 @@
 """CLI of failover operations and recovery plan runs (cs/machine_ops.py, cs/plan_jobs.py):
 
-``drlab machine test-failover|cleanup|failover|change-point|commit MACHINE [--point ...] [--wait]``,
-``drlab plan failover NAME [--test] [--point ...] [--wait]``, ``drlab plan cleanup NAME [--wait]``
+``drlab machine test-failover|cleanup|failover|change-point|commit MACHINE [--point ...] [--image] [--wait]``,
+``drlab plan failover NAME [--test] [--point ...] [--image] [--wait]``, ``drlab plan cleanup NAME [--wait]``
 and ``drlab job resume ID``. With ``--wait`` the job is followed (deploy/cli_progress.py: a progress
 bar on a terminal, its steps otherwise, then a summary table or ``--json`` the job) and the exit
 status is 0 if it succeeded, 1 if it failed, 3 if it did not end in ``--timeout-s``; without, the
@@ -25,6 +25,7 @@ MACHINE_OPS = {"test-failover": ("test-failover", "test failover: a view of ever
                "change-point": ("change-point", "move the machine's failover to another point (before commit)"),
                "commit": ("commit", "commit the machine's unplanned or planned failover")}
 WITH_POINT = ("test-failover", "failover", "change-point")
+WITH_IMAGE = ("test-failover", "failover", "planned-failover", "change-point")  # --image: image files too
 
 
 def point_of(args: argparse.Namespace) -> Any:
@@ -47,11 +48,14 @@ def cmd_machine_op(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"point": point_of(args)} if args.op in WITH_POINT else {}
     if args.op == "failover":
         body["mode"] = "test" if args.test else "unplanned"
+    if getattr(args, "image", False):
+        body["image"] = True
     return _run(args, f"/v1/machines/{args.machine_id}/{route}", body)
 
 
 def cmd_plan_failover(args: argparse.Namespace) -> int:
-    body = {"mode": "test" if args.test else "unplanned", "point": point_of(args)}
+    body = {"mode": "test" if args.test else "unplanned", "point": point_of(args),
+            **({"image": True} if args.image else {})}
     return _run(args, f"/v1/plans/{args.name}/failover", body)
 
 
@@ -88,6 +92,11 @@ def _waiting(p: argparse.ArgumentParser, point: bool) -> None:
     p.add_argument("--timeout-s", type=float, default=1800.0)
 
 
+def _image(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", action="store_true", help="also write every disk's image file (image_path); the "
+                   "failover is otherwise done once the views are made (writable over NBD)")
+
+
 def add_parsers(sub: Any) -> None:
     """Adds to the ``machine``, ``plan`` and ``job`` commands of deploy/cli_model.py."""
     machine = _subparsers(sub.choices["machine"])
@@ -97,11 +106,14 @@ def add_parsers(sub: Any) -> None:
         _waiting(p, op in WITH_POINT)
         if op == "failover":
             p.add_argument("--test", action="store_true", help="a test failover instead")
+        if op in WITH_IMAGE:
+            _image(p)
         p.set_defaults(func=cmd_machine_op, op=op)
     plan = _subparsers(sub.choices["plan"])
     fo = plan.add_parser("failover", help="fail a recovery plan over (groups in order); --test: a test failover")
     fo.add_argument("name")
     fo.add_argument("--test", action="store_true")
+    _image(fo)
     _waiting(fo, True)
     fo.set_defaults(func=cmd_plan_failover)
     cl = plan.add_parser("cleanup", help="clean up a recovery plan's test failover")

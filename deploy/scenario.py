@@ -124,7 +124,7 @@ class Scenario:
 
     async def failover_and_verify(self, admin: Any, point: Any, label: str) -> PointCheck:
         started = time.monotonic()
-        job_id = await admin.failover(self.disk_id, point)
+        job_id = await admin.failover(self.disk_id, point, image=True)  # the oracle reads the image
         job = await admin.wait_job(job_id, timeout_s=120)
         seconds = time.monotonic() - started
         requested = point if isinstance(point, str) else f"t={point['time_ns']}"
@@ -151,7 +151,7 @@ class Scenario:
     async def machine_failover_and_verify(self, admin: Any, point: Any, label: str) -> MachineCheck:
         """Fail the whole machine over to ``point``; the oracle checks every disk at the job's W."""
         started = time.monotonic()
-        job = await admin.wait_job(await admin.machine_failover(self.machine_id, point), timeout_s=120)
+        job = await admin.wait_job(await admin.machine_failover(self.machine_id, point, image=True), timeout_s=120)
         return await self.check_machine_job(job, point, label, time.monotonic() - started)
 
     async def check_machine_job(self, job: dict[str, Any], point: Any, label: str, seconds: float) -> MachineCheck:

@@ -85,6 +85,7 @@ class DiskStore:
         self.staging = DiskStaging(data_dir / "staging" / disk_id)
         self.applied: Key = (0, 0)
         self.in_resync = False
+        self.has_valid = False  # a valid point exists: batches applied now must keep their undo data
         self.applied_bytes = 0
         self.lags_ns: deque[int] = deque(maxlen=RECENT)
         # called (segno, offset of the first undo record, [(replica offset, length)] of the records)
@@ -104,6 +105,7 @@ class DiskStore:
             self.staging.load()
             committed = self.journal.open(self.replica)
             self._reconcile(committed)
+            self.has_valid = self.catalog.has_valid(self.disk_id)
             last = self.catalog.latest(self.disk_id)
             if last is not None:
                 self.applied, self.in_resync = last.key, last.in_resync
@@ -185,10 +187,16 @@ class DiskStore:
 
     def apply_batch(self, batch: wbatch.ChangeBatch, received_ns: int, checksum: bytes | None) -> Applied:
         """Undo records -> fdatasync journal -> replica writes -> fdatasync replica -> commit
-        -> fdatasync journal -> catalog (the staging file is the caller's to delete)."""
+        -> fdatasync journal -> catalog (the staging file is the caller's to delete).
+
+        Before the disk's first valid point (its initial replication) no failover can roll back
+        to anything, so the batch's undo record carries no extents: the replica's old bytes are
+        neither read nor journaled. A crash between the replica writes and the commit then leaves
+        part of the batch in the replica, and the batch — still staged — is applied again in full.
+        """
         with self.lock:
             accuracy, in_resync = point_accuracy(self.in_resync, batch.mode, batch.accuracy, batch.flags)
-            extents = self._old_bytes(batch)
+            extents = self._old_bytes(batch) if self.has_valid else []
             undo_off = self.journal.append_undo(batch.generation, batch.seq, extents)
             self.journal.sync()
             for listener in list(self.undo_listeners):
@@ -209,6 +217,7 @@ class DiskStore:
                           batch.flags, in_resync, self.journal.segno, undo_off, commit_off, nbytes, checksum)
             self.catalog.insert(point, batch.tags)
             self.applied, self.in_resync = point.key, in_resync
+            self.has_valid = self.has_valid or accuracy != wbatch.Accuracy.NONE
             self.applied_bytes += nbytes
             self.lags_ns.append(received_ns - batch.t_first_ns)
             self.journal.rotate_if_full()

@@ -190,6 +190,10 @@ class Catalog:
         rows = self._query("WHERE disk_id = ? ORDER BY gen DESC, seq DESC LIMIT 1", (disk_id,))
         return rows[0] if rows else None
 
+    def has_valid(self, disk_id: str) -> bool:
+        """Whether the disk has a valid point (accuracy not NONE): one a failover could roll back to."""
+        return bool(self._query("WHERE disk_id = ? AND accuracy != ? LIMIT 1", (disk_id, int(Accuracy.NONE))))
+
     def recent(self, disk_id: str, limit: int) -> list[Point]:
         """The newest ``limit`` points, newest first."""
         return self._query("WHERE disk_id = ? ORDER BY gen DESC, seq DESC LIMIT ?", (disk_id, limit))

@@ -5,12 +5,14 @@ POSTed, so a restart neither redoes the job nor loses its result: results the CS
 acknowledged are posted again (with retries) after a restart; the CS treats a repeated final
 state as a no-op. Done ids the settings document no longer lists (the CS has recorded them) are
 forgotten, so the file stays as small as the CS's open jobs. Kinds: ``failover`` (a copy-on-write
-view of the disk at a point, mt/view.py, kept attached in :attr:`JobRunner.views`, plus a sparse
-image file of it that the result names, for the oracle), ``points`` (a probe: facts about the
+view of the disk at a point, mt/view.py, kept attached in :attr:`JobRunner.views`; the job succeeds
+once the view is made, and only a job with ``image: true`` also writes a sparse image file of it that
+the result names, for the oracle), ``points`` (a probe: facts about the
 disk's points, for the CS's choice of a machine-consistent point; mt/failover.py), and on the view a
 failover job made (``point: {"view": JOB_ID}``): ``view-change`` (``"to": POINT``: rebuilt at another
-point, overlay dropped), ``view-drop`` (test failover cleanup) and ``view-commit`` (the view is
-written into the replica in place and the newer points are dropped; applying stops)."""
+point, overlay dropped), ``view-drop`` (test failover cleanup), ``view-image`` (the view's image file
+now, as it is, overlay writes included) and ``view-commit`` (the view is written into the replica in
+place and the newer points are dropped; applying stops)."""
 
 from __future__ import annotations
 
@@ -29,13 +31,13 @@ from common import logging as dlog
 from common.http import ApiClient, retrying
 from mt.failover import Probe, choose_point, probe
 from mt.settings import Job
-from mt.view import COMMITTING, DiskView, commit, failover_view
+from mt.view import COMMITTING, DiskView, commit, export_image, failover_view
 from mt.viewnbd import ViewNbd
 from mt.worker import DiskWorker
 
 log = dlog.get("drlab.mt.jobs")
 
-VIEW_KINDS = ("view-drop", "view-commit", "view-change")
+VIEW_KINDS = ("view-drop", "view-commit", "view-change", "view-image")
 
 
 DONE_FORMAT = 1  # jobs_done.json's "format" field (common/formats.py: none is 1)
@@ -187,13 +189,14 @@ class JobRunner:
                     log.warning("view_commit_unfinished", disk=disk_id, view=meta.parent.name)
 
     async def _failover(self, job: Job, worker: DiskWorker, view_id: str, spec: Any) -> dict[str, Any]:
-        """The view of the point ``spec`` names, kept as ``view_id``, and its image file."""
+        """The view of the point ``spec`` names, kept as ``view_id`` (the job succeeds once it is
+        made: writable over NBD), and its image file only when the job asks (``image``)."""
         loop = asyncio.get_running_loop()
         store = worker.store
         if spec == "latest":
             await worker.drain()
         point = await loop.run_in_executor(self._executor, choose_point, store.catalog, store.disk_id, spec)
-        dest = self.data_dir / "failover" / job.disk_id / f"{job.job_id}.img"
+        dest = self.data_dir / "failover" / job.disk_id / f"{job.job_id}.img" if job.image else None
         directory = self.data_dir / "views" / job.disk_id / view_id
         old = self.views.pop(view_id, None)
         if old is not None:
@@ -204,6 +207,15 @@ class JobRunner:
         if self.nbd is not None:
             result["nbd_url"] = self.nbd.url(view_id)
         return result
+
+    async def _export(self, job: Job, view_id: str) -> dict[str, Any]:
+        """``view-image``: the image file of a view this MT holds (attached), the view unchanged."""
+        view = self.views.get(view_id)
+        if view is None or view.store.disk_id != job.disk_id:
+            raise errors.NotFound(f"disk {job.disk_id} has no failover view {view_id}")
+        dest = self.data_dir / "failover" / job.disk_id / f"{job.job_id}.img"
+        image = await asyncio.get_running_loop().run_in_executor(self._executor, export_image, view, dest)
+        return {"disk_id": job.disk_id, "view": view_id, **image}
 
     async def _retire(self, view: DiskView) -> None:
         """A view that left :attr:`views`: wait for its NBD requests in progress before it is closed."""
@@ -222,6 +234,8 @@ class JobRunner:
             if "to" not in spec:
                 raise errors.BadRequest("view-change needs the new point in point.to")
             return await self._failover(job, worker, view_id, spec["to"])
+        if job.kind == "view-image":
+            return await self._export(job, view_id)
         view = self.views.pop(view_id, None)
         if view is None:
             directory = self.data_dir / "views" / job.disk_id / view_id

@@ -64,6 +64,7 @@ class Job:
     kind: str
     disk_id: str
     point: Any
+    image: bool = False  # a failover (or view-change) also writes the view's image file (``"image": true``)
 
     @classmethod
     def from_doc(cls, item: dict[str, Any]) -> Job:
@@ -71,7 +72,11 @@ class Job:
             job_id = str(item["job_id"])
             if not job_id or not all(c.isalnum() or c in "-_" for c in job_id) or len(job_id) > 64:
                 raise ValueError("job id")
-            return cls(job_id, str(item.get("kind", "failover")), str(item["disk_id"]), item.get("point", "latest"))
+            image = item.get("image", False)
+            if not isinstance(image, bool):
+                raise ValueError("image")
+            return cls(job_id, str(item.get("kind", "failover")), str(item["disk_id"]), item.get("point", "latest"),
+                       image)
         except (KeyError, TypeError, ValueError) as exc:
             raise errors.BadRequest(f"bad job entry in settings: {type(exc).__name__}") from exc
 

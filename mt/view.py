@@ -292,28 +292,43 @@ class DiskView:
                 "undo_extents": len(self.index.undo), "overlay_extents": len(self.index.overlay)}
 
 
-def failover_view(store: DiskStore, point: Point, directory: Path, dest: Path) -> tuple[DiskView, dict[str, Any]]:
-    """A failover job's work: the view of ``point`` (ready in a time independent of the disk's
-    size), then a sparse copy of it at ``dest`` — the image file the job result names, which the
-    oracle and the lab read. Returns the view (still attached) and the job result (PROTOCOL.md)."""
+def failover_view(store: DiskStore, point: Point, directory: Path,
+                  dest: Path | None) -> tuple[DiskView, dict[str, Any]]:
+    """A failover job's work: the view of ``point`` (ready — writable over NBD — in a time
+    independent of the disk's size); only when ``dest`` is given (the job asked ``"image": true``)
+    also a sparse copy of it at ``dest``, the image file the result then names (``image_path``),
+    for the oracle and the lab: that copy takes time in proportion to the data, so a failover is
+    ready when its view is. Returns the view (still attached) and the job result (PROTOCOL.md)."""
     if directory.exists():  # a run interrupted by a restart: start over
         shutil.rmtree(directory)
     t0 = time.perf_counter()
     view = DiskView.create(store, point, directory)
     ready_s = time.perf_counter() - t0
-    try:
-        written = view.materialize(dest)
-    except BaseException:
-        view.drop()
-        raise
-    image_s = time.perf_counter() - t0 - ready_s
-    view.log.info("failover_view_ready", path=str(dest), view_ready_ms=round(ready_s * 1000, 3),
-                  image_ms=round(image_s * 1000, 3), image_bytes=written)
-    result = {"image_path": str(dest.resolve()), "disk_id": store.disk_id,
+    timing: dict[str, Any] = {"ready_s": round(ready_s, 6)}
+    image: dict[str, Any] = {}
+    if dest is not None:
+        try:
+            image = export_image(view, dest)
+        except BaseException:
+            view.drop()
+            raise
+        timing["image_s"] = image.pop("image_s")
+    view.log.info("failover_view_ready", view_ready_ms=round(ready_s * 1000, 3), image=image.get("image_path"),
+                  image_ms=round(timing.get("image_s", 0.0) * 1000, 3))
+    result = {**image, "disk_id": store.disk_id,
               "point": {"gen": point.gen, "seq": point.seq, "wnum_hi": point.wnum_hi, "t_last_ns": point.t_last_ns,
                         "accuracy": point.accuracy_name},
-              "view": {**view.describe(), "ready_s": round(ready_s, 6), "image_s": round(image_s, 6)}}
+              "view": {**view.describe(), **timing}}
     return view, result
+
+
+def export_image(view: DiskView, dest: Path) -> dict[str, Any]:
+    """The view's image file at ``dest`` (sparse; :meth:`DiskView.materialize`):
+    ``{"image_path", "image_bytes", "image_s"}``; the view stays as it was."""
+    t0 = time.perf_counter()
+    written = view.materialize(dest)
+    return {"image_path": str(dest.resolve()), "image_bytes": written,
+            "image_s": round(time.perf_counter() - t0, 6)}
 
 
 def change_point(view: DiskView, point: Point) -> DiskView:

@@ -131,14 +131,18 @@ async def post_protect(request: web.Request) -> web.Response:
     return web.json_response({"disks": await disks.protect(state_of(request), machine_id, request=req)})
 
 
-@spec.route(roles=spec.ADMIN, request=spec.obj({"point": {"type": ["string", "object"]}}, required=()),
+@spec.route(roles=spec.ADMIN, request=spec.obj({"point": {"type": ["string", "object"]}, "image": spec.BOOL},
+                                               required=()),
             response=JOB_STARTED, status=202, tags=("disks",))
 async def post_failover(request: web.Request) -> web.Response:
-    """Fail a disk over to a recovery point (a job; its id is returned)."""
+    """Fail a disk over to a recovery point (a job; its id is returned). The job succeeds once the
+    view is made (writable over NBD); ``"image": true`` also has the MT write its image file
+    (``image_path`` in the result; takes time in proportion to the data)."""
     http.require_role(request, "admin")
     disk_id = validate.hex_id(request.match_info["disk_id"], "disk_id")
-    point = jobs.parse_point(await http.read_json(request))
-    return web.json_response({"job_id": await jobs.failover(state_of(request), disk_id, point)}, status=202)
+    body = await http.read_json(request)
+    point, image = jobs.parse_point(body), validate.flag(body, "image")
+    return web.json_response({"job_id": await jobs.failover(state_of(request), disk_id, point, image)}, status=202)
 
 
 @spec.route(roles=spec.ADMIN, tags=("disks",),

@@ -44,25 +44,28 @@ POINT = {"type": ["string", "object"]}
 JOB = spec.obj({"job_id": spec.HEX_ID})
 
 
-@spec.route(roles=spec.ADMIN, request=spec.obj({"point": POINT, "mode": {"enum": list(machine_ops.ROUTE_MODES)}},
-                                               required=()),
+@spec.route(roles=spec.ADMIN, request=spec.obj({"point": POINT, "mode": {"enum": list(machine_ops.ROUTE_MODES)},
+                                                "image": spec.BOOL}, required=()),
             response=JOB, status=202, tags=("machines",))
 async def post_failover(request: web.Request) -> web.Response:
     """Fail every protected disk of the machine over to one machine-consistent point (a job).
 
     ``mode``: ``unplanned`` (the disks go failover-in-progress, then failed-over; commit or change
     the point later) or ``test`` (as POST .../test-failover); without a mode, a failover view only
-    (no state change, not an operation: the earlier behaviour)."""
+    (no state change, not an operation: the earlier behaviour). The failover is done once every
+    disk's view is made (writable over NBD); ``"image": true`` also writes each disk's image file
+    (``image_path`` in the result; takes time in proportion to the data)."""
     http.require_role(request, "admin")
     machine_id = validate.hex_id(request.match_info["machine_id"], "machine_id")
     body = await http.read_json(request)
     mode = machine_ops.parse_mode(body, None)
     point = machines.parse_point({k: v for k, v in body.items() if k != "mode"})
+    image = validate.flag(body, "image")
     if mode is None:
-        return web.json_response({"job_id": await machines.failover(state_of(request), machine_id, point)},
+        return web.json_response({"job_id": await machines.failover(state_of(request), machine_id, point, image)},
                                  status=202)
     op = "test-failover" if mode == "test" else "failover"
-    return web.json_response({"job_id": await machine_ops.submit(state_of(request), op, machine_id, point)},
+    return web.json_response({"job_id": await machine_ops.submit(state_of(request), op, machine_id, point, image)},
                              status=202)
 
 
@@ -70,21 +73,23 @@ async def _operation(request: web.Request, op: str, *, takes_point: bool) -> web
     http.require_role(request, "admin")
     machine_id = validate.hex_id(request.match_info["machine_id"], "machine_id")
     body = await http.read_json(request)
+    image = validate.flag(body, "image") if op in machine_ops.IMAGE_OPS else False
     if takes_point:
         point = machines.parse_point(body)
-    elif body:
-        raise errors.BadRequest(f"{op} takes no parameters")
+    elif set(body) - ({"image"} if op in machine_ops.IMAGE_OPS else set()):
+        raise errors.BadRequest(f"{op} takes no parameters" + (" but image" if op in machine_ops.IMAGE_OPS else ""))
     else:
         point = "latest"
-    return web.json_response({"job_id": await machine_ops.submit(state_of(request), op, machine_id, point)},
+    return web.json_response({"job_id": await machine_ops.submit(state_of(request), op, machine_id, point, image)},
                              status=202)
 
 
-@spec.route(roles=spec.ADMIN, request=spec.obj({"point": POINT}, required=()), response=JOB, status=202,
-            tags=("machines",))
+@spec.route(roles=spec.ADMIN, request=spec.obj({"point": POINT, "image": spec.BOOL}, required=()), response=JOB,
+            status=202, tags=("machines",))
 async def post_test_failover(request: web.Request) -> web.Response:
     """Test failover (a job): every disk's view at one machine point; the disks stay protected and
-    replication keeps running. The result lists each disk's view id and image path."""
+    replication keeps running. The result lists each disk's view id, NBD URL and, with
+    ``"image": true``, image path."""
     return await _operation(request, "test-failover", takes_point=True)
 
 
@@ -94,8 +99,8 @@ async def post_cleanup(request: web.Request) -> web.Response:
     return await _operation(request, "cleanup", takes_point=False)
 
 
-@spec.route(roles=spec.ADMIN, request=spec.obj({"point": POINT}, required=()), response=JOB, status=202,
-            tags=("machines",))
+@spec.route(roles=spec.ADMIN, request=spec.obj({"point": POINT, "image": spec.BOOL}, required=()), response=JOB,
+            status=202, tags=("machines",))
 async def post_change_point(request: web.Request) -> web.Response:
     """Move the machine's failover (test or unplanned, before commit) to another machine point (a job)."""
     return await _operation(request, "change-point", takes_point=True)
@@ -108,7 +113,8 @@ async def post_commit(request: web.Request) -> web.Response:
     return await _operation(request, "commit", takes_point=False)
 
 
-@spec.route(roles=spec.ADMIN, request=spec.obj({}, required=()), response=JOB, status=202, tags=("machines",))
+@spec.route(roles=spec.ADMIN, request=spec.obj({"image": spec.BOOL}, required=()), response=JOB, status=202,
+            tags=("machines",))
 async def post_planned(request: web.Request) -> web.Response:
     """Planned failover (a job, cs/planned.py): the source stops taking writes, everything it wrote
     drains to the MTs, then every disk fails over to that final point — nothing is lost."""

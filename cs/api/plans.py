@@ -84,16 +84,19 @@ JOB = spec.obj({"job_id": spec.HEX_ID})
 
 
 @spec.route(roles=spec.ADMIN, request=spec.obj({"mode": {"enum": ["test", "unplanned"]},
-                                               "point": {"type": ["string", "object"]}}, required=("mode",)),
+                                               "point": {"type": ["string", "object"]}, "image": spec.BOOL},
+                                  required=("mode",)),
             response=JOB, status=202, tags=("plans",))
 async def post_plan_failover(request: web.Request) -> web.Response:
     """Fail a plan over (a ``plan-failover`` job): groups in order, each group's machines in parallel
-    (test or unplanned failover to ``point``), pre/post actions; a manual action pauses the job
-    until POST /v1/jobs/{id}/resume. 409 while a job of the plan runs or a machine is not ready."""
+    (test or unplanned failover to ``point``; ``"image": true``: with every disk's image file), pre/post
+    actions; a manual action pauses the job until POST /v1/jobs/{id}/resume. 409 while a job of the
+    plan runs or a machine is not ready."""
     http.require_role(request, "admin")
     name = _name(request)
-    mode, point = plan_jobs.parse_request(await http.read_json(request))
-    return web.json_response({"job_id": await plan_jobs.request(state_of(request), name, mode, point)}, status=202)
+    mode, point, image = plan_jobs.parse_request(await http.read_json(request))
+    return web.json_response({"job_id": await plan_jobs.request(state_of(request), name, mode, point, image)},
+                             status=202)
 
 
 @spec.route(roles=spec.ADMIN, request=spec.obj({}, required=()), response=JOB, status=202, tags=("plans",))

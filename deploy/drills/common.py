@@ -76,8 +76,9 @@ async def run_op(admin: Any, machine_id: str, op: str, body: dict[str, Any] | No
 
 
 async def oracle_failover(admin: Any, sc: Scenario, op: str, point: Any, label: str) -> dict[str, Any]:
-    """A (test) failover of ``sc``'s machine, every disk checked by the oracle at the job's W."""
-    body = {"point": point, **({"mode": "unplanned"} if op == "failover" else {})}
+    """A (test) failover of ``sc``'s machine with every disk's image, each checked by the oracle at
+    the job's W."""
+    body = {"point": point, "image": True, **({"mode": "unplanned"} if op == "failover" else {})}
     job = await run_op(admin, sc.machine_id, op, body)
     check = await sc.check_machine_job(job, point, label, 0.0)
     require(check.ok, f"{label}: the oracle refused the image at W {check.wnum}: {check.detail}")
@@ -91,7 +92,8 @@ async def same_bytes(expected: Path, actual: Path, what: str) -> None:
 
 
 def images(job: dict[str, Any]) -> dict[str, Path]:
-    """Disk name -> failover image, from a machine failover operation's result."""
+    """Disk name -> failover image, from a machine failover operation's result (asked with
+    ``"image": true``)."""
     return {d["name"]: Path(d["image_path"]) for d in job["result"]["disks"]}
 
 

@@ -72,7 +72,7 @@ async def cycle(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, step
     async with steps.step("failback (planned)") as st:
         proc = cloud.start_workload(params.rate_mb_s, params.duration_s * 4, None, *LOCAL)
         await asyncio.sleep(params.duration_s / 2)
-        job = await dc.run_op(admin, cloud.machine_id, "planned-failover")  # under load
+        job = await dc.run_op(admin, cloud.machine_id, "planned-failover", {"image": True})  # under load
         proc.communicate()  # its writes are refused once the source stopped: it ends with an error
         acked, final = cloud.last_wnum(), int(job["result"]["source_wnum"])
         require(final >= acked, f"the source stopped at W {final} but acknowledged writes up to {acked}")
@@ -95,7 +95,7 @@ async def cycle(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, step
         seconds = await sc.protect(admin, seed={d.name: str(lab.disk_path(twin, d.name)) for d in sc.machine.disks})
         resync = await dc.last_resync(admin, sc.disk_ids[disk])
         require(int(resync.get("bytes_sent") or 0) == 0, f"protect again sent {resync.get('bytes_sent')} bytes")
-        job = await dc.run_op(admin, sc.machine_id, "test-failover", {"point": "latest-processed"})
+        job = await dc.run_op(admin, sc.machine_id, "test-failover", {"point": "latest-processed", "image": True})
         for name, image in dc.images(job).items():
             await dc.same_bytes(lab.disk_path(sc.machine, name), image, "protected-again image")
         await dc.run_op(admin, sc.machine_id, "cleanup-test-failover")

@@ -65,7 +65,7 @@ async def scenario(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, s
     async with steps.step("planned failover") as st:
         proc = sc.start_workload(params.rate_mb_s, params.duration_s * 4)
         await asyncio.sleep(params.duration_s / 2)
-        job = await dc.run_op(admin, sc.machine_id, "planned-failover")  # under load
+        job = await dc.run_op(admin, sc.machine_id, "planned-failover", {"image": True})  # under load
         proc.communicate()  # its writes are refused once the source stopped: it ends with an error
         acked, final = sc.last_wnum(), int(job["result"]["source_wnum"])
         require(final >= acked, f"the source stopped at W {final} but acknowledged writes up to {acked}")

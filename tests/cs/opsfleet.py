@@ -53,7 +53,8 @@ class OpsFleet:
             return {"disk_id": job["disk_id"], "latest": pt(self.latest, self.latest), **listed}
         if job["kind"] in ("failover", "view-change"):
             wnum = (point["to"] if job["kind"] == "view-change" else point)["wnum"]
-            return {"image_path": f"/img/{job['job_id']}.img", "disk_id": job["disk_id"], "point": pt(wnum, wnum)}
+            image = {"image_path": f"/img/{job['job_id']}.img"} if job.get("image") is True else {}
+            return {**image, "nbd_url": f"nbd://mt/{job['job_id']}", "disk_id": job["disk_id"], "point": pt(wnum, wnum)}
         if job["kind"] == "view-drop":
             return {"disk_id": job["disk_id"], "view": point["view"], "dropped": True}
         return {"disk_id": job["disk_id"], "replica_path": f"/replica/{job['disk_id']}.img"}

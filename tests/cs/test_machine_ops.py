@@ -67,8 +67,9 @@ async def test_test_failover_change_point_and_cleanup(fleet: OpsFleet) -> None:
     assert sorted(views) == sorted(f.disks["m1"].values())
     failovers = {j["job_id"]: j for j in f.seen if j["kind"] == "failover"}
     assert set(views.values()) == set(failovers)  # a disk's view id: its failover job's id
-    assert {d["disk_id"]: d["image_path"] for d in result["disks"]} == {
-        d: f"/img/{v}.img" for d, v in views.items()}
+    assert {d["disk_id"]: d["nbd_url"] for d in result["disks"]} == {  # no image asked: none made
+        d: f"nbd://mt/{v}" for d, v in views.items()}
+    assert not any("image_path" in d or "image" in j for d in result["disks"] for j in f.seen)
     assert await f.disk_states("m1") == before  # the disks stay as they were (replication goes on)
     assert all(d["disk_id"] in views for d in (await settings(f.mt))["document"]["disks"])
 

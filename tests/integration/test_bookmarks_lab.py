@@ -142,7 +142,8 @@ async def test_group_bookmarks_across_two_machine_processes(lab2: Lab, seed: int
         for bm in (done[0], done[len(done) // 2], done[-1]):
             images = {}
             for machine, log_path in (("ma", a_log), ("mb", b_log)):
-                job = await api.post(f"/v1/disks/{disks[machine]}/failover", {"point": {"tag": bm["tag"]}})
+                job = await api.post(f"/v1/disks/{disks[machine]}/failover",
+                                     {"point": {"tag": bm["tag"]}, "image": True})
                 result = await until_ok(lambda j=job["job_id"]: job_result(api, j), 60, "failover job")
                 assert result["state"] == "succeeded", result
                 point = result["result"]["point"]

@@ -85,7 +85,8 @@ class Stack:
 
     async def failover(self, name: str, point: Any) -> dict[str, Any]:
         """Through the CS: a failover job for the MT; its result."""
-        job_id = (await self.admin.post(f"/v1/disks/{self.disk_ids[name]}/failover", {"point": point}))["job_id"]
+        body = {"point": point, "image": True}  # the checks read the image
+        job_id = (await self.admin.post(f"/v1/disks/{self.disk_ids[name]}/failover", body))["job_id"]
         deadline = time.monotonic() + 30
         while True:
             job = await self.admin.get(f"/v1/jobs/{job_id}")

@@ -232,7 +232,7 @@ async def test_verify_finds_corruption_under_writes_and_repair_sends_only_it(sit
     while s.latest_wnum() < target:
         assert time.monotonic() < deadline, f"writes up to {target} did not reach the MT"
         await asyncio.sleep(0.1)
-    job = await s.admin.post(f"/v1/disks/{s.disk_id}/failover", {"point": "latest"})
+    job = await s.admin.post(f"/v1/disks/{s.disk_id}/failover", {"point": "latest", "image": True})
     done = await s.cs.admin.wait_job(job["job_id"], timeout_s=30)
     assert done["state"] == "succeeded", done
     point = done["result"]["point"]

@@ -76,14 +76,14 @@ async def test_failover_operations_and_a_recovery_plan(lab2: Lab, seed: int, tmp
 
         # a test failover of m1; replication goes on under it
         m1 = f"/v1/machines/{sc1.machine_id}"
-        test = await admin.wait_job((await api.post(f"{m1}/test-failover", {}))["job_id"], timeout_s=60)
+        test = await admin.wait_job((await api.post(f"{m1}/test-failover", {"image": True}))["job_id"], timeout_s=60)
         first = await verified(sc1, test, "test failover")
         assert test["result"]["failover"]["mode"] == "test"
         listing = await write_some(sc1, admin)
         assert listing["latest_wnum"] > first.wnum  # new writes still reach the MT
         assert {d["state"] for d in await admin.disks() if d["machine_id"] == sc1.machine_id} == {"protected"}
-        changed = await admin.wait_job((await api.post(f"{m1}/change-point", {"point": "latest"}))["job_id"],
-                                       timeout_s=60)
+        changed = await admin.wait_job(
+            (await api.post(f"{m1}/change-point", {"point": "latest", "image": True}))["job_id"], timeout_s=60)
         second = await verified(sc1, changed, "changed point")
         assert second.wnum == listing["latest_wnum"] > first.wnum
         cleaned = await admin.wait_job((await api.post(f"{m1}/cleanup-test-failover", {}))["job_id"], timeout_s=60)
@@ -96,7 +96,7 @@ async def test_failover_operations_and_a_recovery_plan(lab2: Lab, seed: int, tmp
                    "post": [{"kind": "manual", "name": "apps", "instruction": "check the apps of m1"}]},
                   {"machines": [sc2.machine_id]}]
         await api.post("/v1/plans", {"name": "drill", "groups": groups})
-        plan_id = (await api.post("/v1/plans/drill/failover", {"mode": "test"}))["job_id"]
+        plan_id = (await api.post("/v1/plans/drill/failover", {"mode": "test", "image": True}))["job_id"]
 
         async def waiting() -> bool:
             job = await admin.job(plan_id)
@@ -117,7 +117,7 @@ async def test_failover_operations_and_a_recovery_plan(lab2: Lab, seed: int, tmp
         assert clean["state"] == "succeeded", clean
 
         # an unplanned failover of m2 and its commit, through the CLI
-        out = drlab(lab, "--json", "machine", "failover", sc2.machine_id, "--wait", "--timeout-s", "90")
+        out = drlab(lab, "--json", "machine", "failover", sc2.machine_id, "--image", "--wait", "--timeout-s", "90")
         assert "step" in out and "failed over" in out
         unplanned = await verified(sc2, job_of(out), "unplanned failover")
         disk2 = sc2.disk_ids["disk0"]

@@ -56,7 +56,7 @@ async def per_disk_latest(admin: Any, sc: Scenario) -> dict[int, int]:
     """What failing the disks over one by one gives: each disk's own latest when its job ran."""
     out = {}
     for name in NAMES:
-        job = await admin.wait_job(await admin.failover(sc.disk_ids[name], "latest"), timeout_s=60)
+        job = await admin.wait_job(await admin.failover(sc.disk_ids[name], "latest", image=True), timeout_s=60)
         assert job["state"] == "succeeded", job
         wnum_hi = int(job["result"]["point"]["wnum_hi"])
         res = await asyncio.to_thread(oracle.verify, sc.log_path, sc.disk_index(name), DISK_MIB << 20, wnum_hi,
@@ -68,10 +68,11 @@ async def per_disk_latest(admin: Any, sc: Scenario) -> dict[int, int]:
 
 
 async def cli_machine_failover(lab: Lab, sc: Scenario, wnum: int) -> MachineCheck:
-    """`drlab failover --machine ID --wnum W`, as an operator runs it."""
+    """`drlab failover --machine ID --wnum W --image`, as an operator runs it (the oracle reads the images)."""
     started = time.monotonic()
     cmd = [sys.executable, "-m", "deploy.cli", "--topology", str(lab.root.parent / "lab.toml"), "--dir",
-           str(lab.root), "--json", "failover", "--machine", sc.machine_id, "--wnum", str(wnum), "--timeout-s", "60"]
+           str(lab.root), "--json", "failover", "--machine", sc.machine_id, "--wnum", str(wnum), "--image",
+           "--timeout-s", "60"]
     proc = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=90, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     job = json.loads(proc.stdout)

@@ -138,7 +138,7 @@ async def test_qemu_io_and_nbdcopy_through_the_export_fail_over_byte_exact(tmp_p
             while not (pts := await sc.points()) or max(int(p["wnum_hi"]) for p in pts) < last:
                 assert time.monotonic() < deadline, f"the MT never applied write {last}"
                 await asyncio.sleep(0.1)
-            job = await admin.wait_job(await admin.failover(sc.disk_id, "latest"), timeout_s=30)
+            job = await admin.wait_job(await admin.failover(sc.disk_id, "latest", image=True), timeout_s=30)
             assert job["state"] == "succeeded", job
             assert int(job["result"]["point"]["wnum_hi"]) >= last
 

@@ -47,7 +47,7 @@ async def retention_alerts(api: Any) -> dict[str, str]:
 
 
 async def verify_point(admin: Any, sc: Scenario, point: dict[str, Any]) -> None:
-    job = await admin.wait_job(await admin.failover(sc.disk_id, {"gen": point["gen"], "seq": point["seq"]}),
+    job = await admin.wait_job(await admin.failover(sc.disk_id, {"gen": point["gen"], "seq": point["seq"]}, image=True),
                                timeout_s=60)
     assert job["state"] == "succeeded", job
     res = await asyncio.to_thread(oracle.verify, sc.log_path, 0, DISK_MIB << 20, int(point["wnum_hi"]),

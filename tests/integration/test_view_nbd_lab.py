@@ -58,7 +58,7 @@ async def test_failed_over_machine_writes_its_view_over_nbd(make_lab: LabMaker, 
         await sc.wait_machine_drained(admin)
 
         # a test failover; the machine writes to its view over NBD; the view reads back as the oracle says
-        test = await run_op(admin, sc.machine_id, "test-failover", {})
+        test = await run_op(admin, sc.machine_id, "test-failover", {"image": True})
         url, base = await view_url(admin, test)
         log1 = tmp_path / "view-test.log"
         nbd_stats = await asyncio.to_thread(nbd_workload, url, log1, seed + 1, 3)
@@ -76,7 +76,7 @@ async def test_failed_over_machine_writes_its_view_over_nbd(make_lab: LabMaker, 
             await NbdClient.from_url(url).connect()
 
         # an unplanned failover, NBD writes, commit: the committed replica holds them
-        real = await run_op(admin, sc.machine_id, "failover", {"point": "latest", "mode": "unplanned"})
+        real = await run_op(admin, sc.machine_id, "failover", {"point": "latest", "mode": "unplanned", "image": True})
         url2, base2 = await view_url(admin, real)
         log2 = tmp_path / "view-real.log"
         stats2 = await asyncio.to_thread(nbd_workload, url2, log2, seed + 2, 2)

@@ -12,7 +12,8 @@ async def test_a_released_disk_listed_again_reattaches_its_kept_views(world: Wor
     for _ in range(3):
         assert (await world.send_next())[0] == 201
     await wait_until(lambda: world.mt.workers[DISK].store.applied == (1, 3))
-    jobs: list[dict[str, Any]] = [{"job_id": "fo", "kind": "failover", "disk_id": DISK, "point": {"gen": 1, "seq": 2}}]
+    jobs: list[dict[str, Any]] = [{"job_id": "fo", "kind": "failover", "disk_id": DISK, "point": {"gen": 1, "seq": 2},
+                                   "image": True}]
     world.cs.publish(world.document(jobs=jobs))
     await wait_until(lambda: "fo" in world.cs.results)
     assert world.cs.results["fo"][0]["state"] == "succeeded"

@@ -173,8 +173,9 @@ async def test_failover_jobs_run_once_and_survive_restart(world: World) -> None:
     assert t3 is not None
     world.cs.refuse_results = 2  # the CS is briefly unavailable: the result is retried
     jobs: list[dict[str, Any]] = [
-        {"job_id": "job-t3", "kind": "failover", "disk_id": DISK, "point": {"time_ns": t3.t_last_ns}},
-        {"job_id": "job-latest", "kind": "failover", "disk_id": DISK, "point": "latest-processed"}]
+        {"job_id": "job-t3", "kind": "failover", "disk_id": DISK, "point": {"time_ns": t3.t_last_ns}, "image": True},
+        {"job_id": "job-latest", "kind": "failover", "disk_id": DISK, "point": "latest-processed",
+         "image": True}]
     world.cs.publish(world.document(jobs=jobs))
     await wait_until(lambda: len(world.cs.results) == 2)
     # a result acknowledged but not yet recorded as such is posted again after a restart (a no-op for
@@ -235,7 +236,7 @@ async def test_latest_failover_applies_staged_batches_first(world: World) -> Non
     await asyncio.sleep(0.2)
     assert worker.store.applied == (1, 3)
     world.cs.publish(world.document(jobs=[{"job_id": "j-latest", "kind": "failover", "disk_id": DISK,
-                                           "point": "latest"}]))
+                                           "point": "latest", "image": True}]))
     await wait_until(lambda: "j-latest" in world.cs.results)
     result = world.cs.results["j-latest"][0]["result"]
     assert result["point"]["seq"] == 5

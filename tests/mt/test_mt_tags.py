@@ -125,7 +125,8 @@ async def test_the_points_route_lists_tags_and_selects_by_tag(world: World) -> N
     assert (status, body["code"]) == (400, "bad_request")
     status, body = await w.control(f"/v1/disks/{DISK}/points?tag=")
     assert status == 400
-    w.cs.publish(w.document(jobs=[{"job_id": "j1", "kind": "failover", "disk_id": DISK, "point": {"tag": "crash:x"}}]))
+    w.cs.publish(w.document(jobs=[{"job_id": "j1", "kind": "failover", "disk_id": DISK, "point": {"tag": "crash:x"},
+                                   "image": True}]))
     await wait_until(lambda: "j1" in w.cs.results)
     [result] = w.cs.results["j1"]
     assert result["state"] == "succeeded" and result["result"]["point"]["seq"] == 2

@@ -110,7 +110,7 @@ async def test_mt_with_real_cs_ingests_and_fails_over(real_cs: Any, tmp_path: Pa
 
         point = store.catalog.get(disk_id, gen, 3)
         assert point is not None
-        job_id = await cs_env.admin.failover(disk_id, {"time_ns": point.t_last_ns})
+        job_id = await cs_env.admin.failover(disk_id, {"time_ns": point.t_last_ns}, image=True)
 
         async def job_done() -> dict[str, Any] | None:
             job = await cs_env.admin.job(job_id)

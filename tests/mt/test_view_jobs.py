@@ -21,7 +21,8 @@ async def test_a_failover_view_stays_at_its_point_and_is_changed_then_committed(
         assert (await world.send_next())[0] == 201
     store = world.mt.workers[DISK].store
     await wait_until(lambda: store.applied == (1, 4))
-    jobs: list[dict[str, Any]] = [{"job_id": "fo", "kind": "failover", "disk_id": DISK, "point": {"gen": 1, "seq": 2}}]
+    jobs: list[dict[str, Any]] = [{"job_id": "fo", "kind": "failover", "disk_id": DISK, "point": {"gen": 1, "seq": 2},
+                                   "image": True}]
     world.cs.publish(world.document(jobs=jobs))
     await wait_until(lambda: "fo" in world.cs.results)
     fo = result(world, "fo")
@@ -42,7 +43,7 @@ async def test_a_failover_view_stays_at_its_point_and_is_changed_then_committed(
     await wait_until(lambda: world.mt.jobs is not None and "fo" in world.mt.jobs.views)  # reattached: pinned again
     assert list(store.journal.pins) == ["view:fo"]
     to_5 = {"view": "fo", "to": {"gen": 1, "seq": 5}}
-    jobs.append({"job_id": "ch", "kind": "view-change", "disk_id": DISK, "point": to_5})
+    jobs.append({"job_id": "ch", "kind": "view-change", "disk_id": DISK, "point": to_5, "image": True})
     world.cs.publish(world.document(jobs=jobs))
     await wait_until(lambda: "ch" in world.cs.results)
     assert image_of(result(world, "ch")) == world.maker.images[(1, 5)]

@@ -1,0 +1,140 @@
+"""Bulk request bodies (change batches) over blocking TLS sockets in worker threads.
+
+asyncio's TLS layer encrypts on the event loop's thread, through memory buffers, holding the
+GIL; a blocking ``ssl`` socket encrypts and sends inside ``SSL_write`` with the GIL released.
+Moving the batch PUTs there takes the bulk of the bytes off the daemon's event loop and lets the
+second core encrypt (bench/README.md, "e2e": the client side of a TLS copy costs about half the
+CPU this way).
+
+:class:`BulkSender` keeps a few keep-alive HTTP/1.1 connections to one server (the same mutual
+TLS context as :class:`common.http.ApiClient`, which owns it and routes large bodies here),
+optionally through an HTTP CONNECT proxy. Its answers and errors are those of ``ApiClient``:
+``(status, parsed body)``, :mod:`common.errors` classes for 4xx/5xx, ``TransportError`` (retriable)
+when the connection fails. A request on a reused connection that fails before any answer (the
+server closed it while idle) is sent again once on a new connection: batch PUTs are idempotent
+(an identical re-send is a no-op at the PS and the MT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+from common import errors
+
+Route = tuple[str | None, tuple[tuple[str, str], ...]]  # (proxy URL, proxy headers)
+STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class BulkSender:
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, *, threads: int, timeout_s: float,
+                 parse: Any) -> None:
+        url = urlsplit(base_url)
+        self.host, self.port = url.hostname or "", url.port or 443
+        self._ssl = ssl_context
+        self._timeout_s = timeout_s
+        self._parse = parse
+        self._lock = threading.Lock()
+        self._idle: list[tuple[Route, http.client.HTTPSConnection]] = []
+        self._closed = False
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-http")
+
+    def __repr__(self) -> str:
+        return f"BulkSender({self.host}:{self.port})"
+
+    async def request(self, method: str, path: str, data: bytes, *, headers: dict[str, str] | None,
+                      timeout_s: float | None, proxy: str | None,
+                      proxy_headers: dict[str, str] | None) -> tuple[int, Any]:
+        route: Route = (proxy, tuple(sorted((proxy_headers or {}).items())))
+        loop = asyncio.get_running_loop()
+        status, raw, retry_after = await loop.run_in_executor(
+            self._pool, self._send, route, method, path, data, dict(headers or {}), timeout_s or self._timeout_s)
+        body = self._parse(raw)
+        if status >= 400:
+            raise errors.from_response(status, body, retry_after)
+        return status, body
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for _, conn in idle:
+            conn.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- in a worker thread ----------------------------------------------------------------
+
+    def _send(self, route: Route, method: str, path: str, data: bytes, headers: dict[str, str],
+              timeout_s: float) -> tuple[int, bytes, str | None]:
+        where = f"{method} https://{self.host}:{self.port}{path}"
+        conn, reused = self._take(route, timeout_s)
+        try:
+            try:
+                return self._exchange(conn, route, method, path, data, headers)
+            except STALE:
+                if not reused:
+                    raise
+                conn.close()  # the server closed the idle connection: once more on a new one
+                conn = self._connect(route, timeout_s)
+                return self._exchange(conn, route, method, path, data, headers)
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise errors.TransportError(f"{where}: {_describe(exc, route)}") from exc
+
+    def _exchange(self, conn: http.client.HTTPSConnection, route: Route, method: str, path: str, data: bytes,
+                  headers: dict[str, str]) -> tuple[int, bytes, str | None]:
+        conn.request(method, path, body=data, headers={"Content-Type": "application/octet-stream", **headers})
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.will_close:
+            conn.close()
+        else:
+            self._give_back(route, conn)
+        return resp.status, raw, resp.getheader("Retry-After")
+
+    def _take(self, route: Route, timeout_s: float) -> tuple[http.client.HTTPSConnection, bool]:
+        with self._lock:
+            if self._closed:
+                raise errors.TransportError(f"{self!r} is closed")
+            for i in range(len(self._idle) - 1, -1, -1):
+                if self._idle[i][0] == route:
+                    conn = self._idle.pop(i)[1]
+                    conn.timeout = timeout_s
+                    if conn.sock is not None:
+                        conn.sock.settimeout(timeout_s)
+                    return conn, True
+        return self._connect(route, timeout_s), False
+
+    def _connect(self, route: Route, timeout_s: float) -> http.client.HTTPSConnection:
+        proxy, proxy_headers = route
+        if proxy is None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout_s, context=self._ssl)
+        purl = urlsplit(proxy)
+        conn = http.client.HTTPSConnection(purl.hostname or "", purl.port or 8080, timeout=timeout_s,
+                                           context=self._ssl)
+        conn.set_tunnel(self.host, self.port, headers=dict(proxy_headers))
+        return conn
+
+    def _give_back(self, route: Route, conn: http.client.HTTPSConnection) -> None:
+        with self._lock:
+            if self._closed:
+                stale = [conn]
+            else:  # the proxy changed: connections of the old route are not reused
+                stale = [c for r, c in self._idle if r != route]
+                self._idle = [(r, c) for r, c in self._idle if r == route] + [(route, conn)]
+        for c in stale:
+            c.close()
+
+
+def _describe(exc: BaseException, route: Route) -> str:
+    """The failure, naming the proxy when there is one (ps/uplink.py reports proxy failures);
+    never its credentials (only the CONNECT headers carry them, and they are not shown)."""
+    text = f"{type(exc).__name__}: {exc}"
+    if route[0] is not None and ("Tunnel" in text or isinstance(exc, ConnectionRefusedError)):
+        return f"Proxy connection failed: {text}"
+    return text
