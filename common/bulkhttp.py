@@ -10,15 +10,17 @@ CPU this way).
 TLS context as :class:`common.http.ApiClient`, which owns it and routes large bodies here),
 optionally through an HTTP CONNECT proxy. Its answers and errors are those of ``ApiClient``:
 ``(status, parsed body)``, :mod:`common.errors` classes for 4xx/5xx, ``TransportError`` (retriable)
-when the connection fails. A request on a reused connection that fails before any answer (the
-server closed it while idle) is sent again once on a new connection: batch PUTs are idempotent
-(an identical re-send is a no-op at the PS and the MT).
+when the connection fails. A request on a reused connection that fails (the server closed it while
+idle: EOF, reset) is sent again once on a new connection: batch PUTs are idempotent (an identical
+re-send is a no-op at the PS and the MT).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
+import socket
 import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,6 @@ from urllib.parse import urlsplit
 from common import errors
 
 Route = tuple[str | None, tuple[tuple[str, str], ...]]  # (proxy URL, proxy headers)
-STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class BulkSender:
@@ -41,6 +42,7 @@ class BulkSender:
         self._parse = parse
         self._lock = threading.Lock()
         self._idle: list[tuple[Route, http.client.HTTPSConnection]] = []
+        self._busy: set[http.client.HTTPSConnection] = set()
         self._closed = False
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-http")
 
@@ -60,11 +62,17 @@ class BulkSender:
         return status, body
 
     def close(self) -> None:
+        """Close every connection; a request in progress fails at once (its socket is shut down),
+        so a stopping daemon never waits for a slow server: the interpreter joins these threads."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+            busy = list(self._busy)
         for _, conn in idle:
             conn.close()
+        for conn in busy:
+            with contextlib.suppress(OSError, AttributeError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- in a worker thread ----------------------------------------------------------------
@@ -73,18 +81,26 @@ class BulkSender:
               timeout_s: float) -> tuple[int, bytes, str | None]:
         where = f"{method} https://{self.host}:{self.port}{path}"
         conn, reused = self._take(route, timeout_s)
+        with self._lock:
+            self._busy.add(conn)
         try:
             try:
                 return self._exchange(conn, route, method, path, data, headers)
-            except STALE:
+            except (OSError, http.client.HTTPException):
                 if not reused:
                     raise
-                conn.close()  # the server closed the idle connection: once more on a new one
-                conn = self._connect(route, timeout_s)
+                conn.close()  # the server closed the idle connection (EOF, reset): once more on a new one
+                with self._lock:
+                    self._busy.discard(conn)
+                    conn = self._connect(route, timeout_s)
+                    self._busy.add(conn)
                 return self._exchange(conn, route, method, path, data, headers)
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise errors.TransportError(f"{where}: {_describe(exc, route)}") from exc
+        finally:
+            with self._lock:
+                self._busy.discard(conn)
 
     def _exchange(self, conn: http.client.HTTPSConnection, route: Route, method: str, path: str, data: bytes,
                   headers: dict[str, str]) -> tuple[int, bytes, str | None]:
