@@ -13,8 +13,9 @@ agents as separate processes and log every acknowledged write.
    last acknowledged write — durable at the MT, not merely sent. Each daemon's CPU seconds per GB
    of that data and its peak RSS come from /proc. The references (bench/references.py) run in the
    same invocation on the same profile: a raw single-hop TLS copy (A) and raw lz4 + AES-GCM (B).
-2. **RPO under churn**: one machine's workload paced at 10, 25, 50 and 150 MB/s (writes of 4 KiB,
-   64 KiB and 1 MiB, one in flight; the table shows the rate achieved); for every
+2. **RPO under churn**: 10, 25, 50 and 150 MB/s of churn spread over four machines (quick: one),
+   each workload paced (writes of 4 KiB, 64 KiB and 1 MiB, one in flight; the table shows the
+   rate achieved, and a target counts only where the churn was reached); for every
    acknowledged write, (the MT's receive time of the first point holding it − its ack time);
    p50 / p99 / max. Targets (issue 8): p99 ≤ 250 ms at 50 MB/s, ≤ 1 s at 150 MB/s.
 """
@@ -123,21 +124,27 @@ def write_lags_ms(acks: list[tuple[int, int]], points: list[dict[str, Any]]) -> 
     return lags
 
 
-async def rpo_at(rate: float, duration_s: float, disk_mib: int, seed: int) -> dict[str, Any]:
-    async with bench_lab(1, disk_mib, seed) as bl:
+async def rpo_at(rate: float, duration_s: float, disk_mib: int, seed: int, machines: int = 1) -> dict[str, Any]:
+    """``rate`` MB/s of churn spread evenly over ``machines`` machines; lags of every write of all."""
+    async with bench_lab(machines, disk_mib, seed) as bl:
         await bl.protect_all(seed)
-        sc = bl.scenarios[0]
-        proc = sc.start_workload(rate, duration_s, None, "--write-sizes", RPO_WRITES)
-        stats = await asyncio.to_thread(sc.finish_workload, proc, duration_s + 300)
-        await sc.wait_drained(timeout_s=300.0)
-        acks = [(r.wnum, r.ack_ns) for r in sc.acked_writes()]
-        lags = write_lags_ms(acks, await sc.points())
+        procs = [sc.start_workload(rate / machines, duration_s, None, "--write-sizes", RPO_WRITES)
+                 for sc in bl.scenarios]
+        stats = [await asyncio.to_thread(sc.finish_workload, p, duration_s + 300)
+                 for sc, p in zip(bl.scenarios, procs, strict=True)]
+        lags: list[float] = []
+        for sc in bl.scenarios:
+            await sc.wait_drained(timeout_s=300.0)
+            lags += write_lags_ms([(r.wnum, r.ack_ns) for r in sc.acked_writes()], await sc.points())
+    achieved = sum(float(s["mb_s"]) for s in stats)
     target = RPO_TARGETS_MS.get(rate)
     p99 = report.percentile(lags, 99)
-    return {"rate_mb_s": rate, "achieved_mb_s": round(float(stats["mb_s"]), 1), "writes": len(lags),
+    return {"rate_mb_s": rate, "machines": machines, "achieved_mb_s": round(achieved, 1), "writes": len(lags),
             "p50_ms": round(report.percentile(lags, 50), 1), "p99_ms": round(p99, 1),
             "max_ms": round(max(lags, default=0.0), 1), "target_p99_ms": target,
-            "met": None if target is None else p99 <= target}
+            # a target counts only at the churn it names: the workloads must have reached it
+            "reached": achieved >= 0.95 * rate,
+            "met": None if target is None else bool(p99 <= target and achieved >= 0.95 * rate)}
 
 
 # ---------------------------------------------------------------- the run
@@ -146,9 +153,9 @@ async def rpo_at(rate: float, duration_s: float, disk_mib: int, seed: int) -> di
 def params(quick: bool) -> dict[str, Any]:
     if quick:
         return {"machines": (1,), "profiles": ("mixed",), "duration_s": 4.0, "disk_mib": 256, "ref_mb": 64,
-                "rpo_rates": (10.0, 50.0), "rpo_duration_s": 4.0}
+                "rpo_rates": (10.0, 50.0), "rpo_duration_s": 4.0, "rpo_machines": 1}
     return {"machines": (1, 4), "profiles": ("mixed", "incompressible"), "duration_s": 20.0, "disk_mib": 1024,
-            "ref_mb": 256, "rpo_rates": RPO_RATES, "rpo_duration_s": 20.0}
+            "ref_mb": 256, "rpo_rates": RPO_RATES, "rpo_duration_s": 20.0, "rpo_machines": 4}
 
 
 async def measure(p: dict[str, Any], seed: int, only: set[str], quick: bool = False) -> dict[str, Any]:
@@ -170,7 +177,7 @@ async def measure(p: dict[str, Any], seed: int, only: set[str], quick: bool = Fa
                       f"({row['ratio_to_tls_copy']:.2f} x TLS copy)", file=sys.stderr, flush=True)
     if "rpo" in only:
         for rate in p["rpo_rates"]:
-            row = await rpo_at(rate, p["rpo_duration_s"], p["disk_mib"], seed)
+            row = await rpo_at(rate, p["rpo_duration_s"], p["disk_mib"], seed, p["rpo_machines"])
             rep["rpo"].append(row)
             print(f"rpo at {rate} MB/s: p99 {row['p99_ms']} ms", file=sys.stderr, flush=True)
     return rep
@@ -199,13 +206,13 @@ def markdown(rep: dict[str, Any]) -> str:
         lines += ["", *memory_table(rep["throughput"]), ""]
     if rep["rpo"]:
         lines += ["RPO under churn: per acknowledged write, MT receive time of the first point holding it − ack time.",
-                  "", "| churn MB/s | achieved | writes | p50 ms | p99 ms | max ms | target p99 |",
+                  "", "| churn MB/s (machines) | achieved | writes | p50 ms | p99 ms | max ms | target p99 |",
                   "|---:|---:|---:|---:|---:|---:|---|"]
         for r in rep["rpo"]:
-            target = "-" if r["target_p99_ms"] is None else f"≤ {r['target_p99_ms']:.0f} ms: " + (
-                "met" if r["met"] else "**not met**")
-            lines.append(f"| {r['rate_mb_s']:.0f} | {r['achieved_mb_s']:.1f} | {r['writes']} | {r['p50_ms']:.0f} | "
-                         f"{r['p99_ms']:.0f} | {r['max_ms']:.0f} | {target} |")
+            verdict = "met" if r["met"] else ("**not met**" if r["reached"] else "**churn not reached**")
+            target = "-" if r["target_p99_ms"] is None else f"≤ {r['target_p99_ms']:.0f} ms: {verdict}"
+            lines.append(f"| {r['rate_mb_s']:.0f} ({r['machines']}) | {r['achieved_mb_s']:.1f} | {r['writes']} "
+                         f"| {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['max_ms']:.0f} | {target} |")
         lines.append("")
     return "\n".join(lines)
 
