@@ -152,6 +152,10 @@ class PSConfig(ComponentConfig):
     upload_threads: int = 2
     cache_max_bytes: int = 8 * 1024 * MiB
     max_batch_bytes: int = 64 * MiB
+    # True: the data port is served by the threaded TLS front (common/tlsfront.py, ps/front.py), which
+    # reads batch bodies off the event loop and relays other requests to the data app on a private unix
+    # socket; False: the data app serves the port itself over asyncio's TLS.
+    ingest_front: bool = True
     # Throttling (ps/throttle.py): new batches get 507 + Retry-After while the cache's free space
     # (the smaller of what cache_max_bytes leaves and the filesystem's free space) is under
     # cache_throttle_free_pct, until cache_resume_free_pct is free again; a disk whose backlog (bytes

@@ -5,8 +5,10 @@ and a small typed JSON client."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -17,6 +19,7 @@ from aiohttp import web
 from common import errors
 from common import logging as dlog
 from common.bulkhttp import BulkSender
+from common.frontproto import PEER_CERT_HEADER
 from common.tls import Identity, identity_from_peercert
 
 log = dlog.get("drlab.http")
@@ -32,7 +35,31 @@ def json_error(exc: errors.DrlabError) -> web.Response:
     return web.json_response(exc.to_json(), status=exc.status, headers=headers)
 
 
+# Set (True) only on an app served on a private unix socket behind common/tlsfront.py: there the
+# front's X-Drlab-Peer-Cert header is the peer certificate. Never on an app served over TCP.
+FRONTED: web.AppKey[bool] = web.AppKey("drlab_fronted", bool)
+
+
+def fronted_peercert(request: web.Request) -> dict[str, Any] | None:
+    """The certificate the TLS front verified, for a request of a :data:`FRONTED` app that arrived
+    over a unix socket (any other request: its header is ignored, the TLS session counts)."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    value = request.headers.get(PEER_CERT_HEADER)
+    try:
+        peercert = json.loads(base64.b64decode(value, validate=True)) if value else None
+    except ValueError:
+        return None
+    return peercert if isinstance(peercert, dict) else None
+
+
 def peer_identity(request: web.Request) -> Identity | None:
+    if request.config_dict.get(FRONTED, False):
+        try:
+            return identity_from_peercert(fronted_peercert(request))
+        except (ValueError, TypeError, AttributeError):
+            return None
     ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
     if ssl_obj is None:
         return None
@@ -158,6 +185,8 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     """Read a binary body, refusing more than ``max_bytes`` before allocating it."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise errors.TooLarge(f"body of {request.content_length} bytes exceeds {max_bytes}")
+    if request.content_length == 0:  # readexactly(0) of an ended stream raises
+        return b""
     if request.content_length is not None:  # one join of what arrived: no growing buffer, no final copy
         try:
             return await request.content.readexactly(request.content_length)
@@ -189,8 +218,8 @@ class ApiClient:
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
         # bodies of BULK_MIN_BYTES or more go over blocking TLS in worker threads (common/bulkhttp.py)
-        self._bulk = BulkSender(self.base_url, ssl_context, threads=bulk_threads, timeout_s=timeout_s,
-                                parse=_parse) if bulk_threads > 0 else None
+        self._bulk_threads = bulk_threads
+        self._bulk: BulkSender | None = None
         self.proxy: str | None = None  # an HTTP CONNECT proxy for every request (ps/uplink.py)
         self.proxy_headers: dict[str, str] | None = None  # Proxy-Authorization, when the proxy has credentials
 
@@ -208,13 +237,17 @@ class ApiClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._bulk is not None:
+        if self._bulk is not None:  # like the session, made again by the next bulk request
             self._bulk.close()
+            self._bulk = None
 
     async def request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
                       params: dict[str, Any] | None = None, timeout_s: float | None = None,
                       headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        if self._bulk is not None and data is not None and len(data) >= BULK_MIN_BYTES and not params:
+        if self._bulk_threads > 0 and data is not None and len(data) >= BULK_MIN_BYTES and not params:
+            if self._bulk is None:
+                self._bulk = BulkSender(self.base_url, self._ssl, threads=self._bulk_threads,
+                                        timeout_s=self._timeout.total or 30.0, parse=_parse)
             return await self._bulk.request(method, path, data, headers=headers, timeout_s=timeout_s,
                                             proxy=self.proxy, proxy_headers=self.proxy_headers)
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None

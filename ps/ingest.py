@@ -23,7 +23,7 @@ from aiohttp import web
 from common import errors, promexport
 from common import logging as dlog
 from common.config import PSConfig
-from common.http import make_app, read_body, require_role
+from common.http import make_app, read_body, require_role, role_allows
 from common.tls import Identity
 from common.wire import batch as wbatch
 from ps import check, prom
@@ -33,6 +33,7 @@ from ps.state import DiskSettings, Registry
 log = dlog.get("drlab.ps.ingest")
 
 U64_MAX = (1 << 64) - 1
+BATCH_PATH = "/v1/disks/{disk_id}/batches/{gen}/{seq}"
 
 
 @dataclass
@@ -58,7 +59,7 @@ def build_app(ctx: IngestContext) -> web.Application:
     app = make_app(revoked=ctx.registry.is_revoked, client_max_size=ctx.cfg.max_batch_bytes)
     app[CONTEXT] = ctx
     check.install(app, ctx.cfg.data_dir / "check")  # GET / (400 for browsers), drlab ps check (ps/check.py)
-    app.router.add_put("/v1/disks/{disk_id}/batches/{gen}/{seq}", put_batch)
+    app.router.add_put(BATCH_PATH, put_batch)
     app.router.add_get("/v1/disks/{disk_id}/status", get_status)
     app[METRICS] = promexport.new_registry(lambda: prom.families(ctx.registry, ctx.cache, ctx.received))
     app.router.add_get("/metrics", get_metrics)  # Prometheus (ps/prom.py): the admin certificate
@@ -95,7 +96,7 @@ async def served_disk(ctx: IngestContext, disk_id: str, ident: Identity) -> Disk
     return disk
 
 
-def validate(body: bytes, disk: DiskSettings, gen: int, seq: int, max_bytes: int) -> None:
+def validate(body: bytes | bytearray, disk: DiskSettings, gen: int, seq: int, max_bytes: int) -> None:
     """Full check of the batch and of its identity against the URL (CPU: worker thread)."""
     batch = wbatch.decode(body, disk_size=disk.size_bytes, max_bytes=max_bytes)
     if (batch.disk_id, batch.generation, batch.seq) != (disk.disk_id_bytes, gen, seq):
@@ -107,28 +108,55 @@ def ack(ctx: IngestContext, disk_id: str, gen: int, seq: int) -> dict[str, int]:
     return {"ps_durable": seq, "mt_received": received, "mt_applied": applied}
 
 
-async def put_batch(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    ident = require_role(request, "agent")
-    disk_id = parse_disk_id(request.match_info["disk_id"])
-    gen = parse_u64(request.match_info["gen"], "generation")
-    seq = parse_u64(request.match_info["seq"], "seq")
+async def admit_batch(ctx: IngestContext, ident: Identity | None, disk_text: str, gen_text: str, seq_text: str,
+                      length: int | None) -> tuple[DiskSettings, str, int, int]:
+    """Every check of a batch PUT that does not need its body, in the order of the module
+    docstring (``ident``: the verified, unrevoked caller or None; ``length``: the body's announced
+    length). Returns (disk, disk id, generation, seq); raises the refusal."""
+    if ident is None:
+        raise errors.Unauthorized("a valid client certificate or operator session is required")
+    if not role_allows(("agent",), ident.role, "PUT"):
+        raise errors.Forbidden(f"role {ident.role} may not call PUT {BATCH_PATH}")
+    disk_id = parse_disk_id(disk_text)
+    gen = parse_u64(gen_text, "generation")
+    seq = parse_u64(seq_text, "seq")
     disk = await served_disk(ctx, disk_id, ident)
     if disk.draining:  # moved to another PS: the agent's settings name it (retriable until it follows)
         raise errors.Unavailable(f"disk {disk_id} moved to another process server; this one only drains it")
     current = ctx.registry.generation(disk_id)
     if gen < current:
         raise errors.StaleGeneration(f"generation {gen} is older than the disk's generation {current}")
-    body = await read_body(request, ctx.cfg.max_batch_bytes)
+    if length is not None and length > ctx.cfg.max_batch_bytes:
+        raise errors.TooLarge(f"body of {length} bytes exceeds {ctx.cfg.max_batch_bytes}")
+    return disk, disk_id, gen, seq
+
+
+async def ingest_batch(ctx: IngestContext, ident: Identity | None, disk_text: str, gen_text: str, seq_text: str,
+                       body: bytes | bytearray) -> tuple[int, dict[str, int]]:
+    """A batch PUT once its body is here, whatever carried it (this app, common/tlsfront.py via
+    ps/front.py): the checks of :func:`admit_batch` again (the generation may have moved while
+    the body arrived), full validation, durable store. Returns (201 | 200, ack); raises refusals."""
+    disk, disk_id, gen, seq = await admit_batch(ctx, ident, disk_text, gen_text, seq_text, len(body))
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(ctx.executor, validate, body, disk, gen, seq, ctx.cfg.max_batch_bytes)
-    created = await ctx.cache.store(disk_id, gen, seq, body)
+    created = await ctx.cache.store(disk_id, gen, seq, body)  # type: ignore[arg-type]  # bytes-like
     ctx.registry.progress_of(disk_id).stored(gen, seq)
     if created:
         log.debug("batch_cached", disk=disk_id, gen=gen, seq=seq, bytes=len(body))
         ctx.count_received(disk_id, len(body))
         ctx.on_stored(disk_id)
-    return web.json_response(ack(ctx, disk_id, gen, seq), status=201 if created else 200)
+    return (201 if created else 200), ack(ctx, disk_id, gen, seq)
+
+
+async def put_batch(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ident = require_role(request, "agent")
+    route = request.match_info
+    parts = (route["disk_id"], route["gen"], route["seq"])
+    await admit_batch(ctx, ident, *parts, request.content_length)
+    body = await read_body(request, ctx.cfg.max_batch_bytes)
+    status, document = await ingest_batch(ctx, ident, *parts, body)
+    return web.json_response(document, status=status)
 
 
 def status_of(ctx: IngestContext, disk_id: str) -> dict[str, Any]:

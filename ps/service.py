@@ -20,10 +20,11 @@ from common import logging as dlog
 from common.config import PSConfig
 from common.daemon import bind_socket
 from common.hoststats import CpuSampler, read_mem_pct
-from common.http import ApiClient
+from common.http import FRONTED, ApiClient
 from ps import check, hashproxy
 from ps.cache import BatchCache
 from ps.discovery import Discovery
+from ps.front import DataFront
 from ps.health import RateMeter, owned_tasks, per_machine, server_state, task_state
 from ps.ingest import IngestContext, build_app
 from ps.push_install import PushInstaller
@@ -58,6 +59,7 @@ class PSService:
         self._last_refresh = 0.0
         self._cpu = CpuSampler()  # host CPU busy % between two heartbeats
         self._ingest: IngestContext | None = None
+        self._front: DataFront | None = None  # the threaded TLS front of the data port (cfg.ingest_front)
         self._rates = RateMeter()  # churn per machine and upload throughput between two heartbeats
 
     def __repr__(self) -> str:
@@ -97,11 +99,18 @@ class PSService:
                  cached_batches=self.cache.total_batches)
 
     async def _serve(self, files: tls.IdentityFiles, ctx: IngestContext) -> None:
+        """The data app on the data socket: behind the threaded TLS front (ps/front.py) when
+        ``ingest_front``, else served by aiohttp's own TLS."""
         app = hashproxy.install(build_app(ctx), self._clients)
         app[check.COMPONENT] = self.component_id
+        app[FRONTED] = self.cfg.ingest_front
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         assert self._sock is not None
+        if self.cfg.ingest_front:
+            self._front = DataFront(ctx)
+            await self._front.start(self._runner, self._sock, tls.server_context(files))
+            return
         site = web.SockSite(self._runner, self._sock, ssl_context=tls.server_context(files))
         await site.start()
 
@@ -230,6 +239,9 @@ class PSService:
 
     async def stop(self) -> None:
         """Stop serving and uploading at once (no draining); the cache stays on disk."""
+        if self._front is not None:
+            await self._front.stop()
+            self._front = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
