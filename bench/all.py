@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import os
-import platform
 import random
 import sys
 import time
@@ -22,16 +20,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.results_io import write_report
+from bench.results_io import machine, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("e2e", "initial_replication", "rto", "cs_heartbeats")
-
-
-def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
 
 
 def run_section(name: str, quick: bool, seed: int) -> tuple[dict[str, Any], str]:

@@ -34,6 +34,24 @@ def topology_toml(net: int, machines: int, disk_mib: int, ps_extra: str = "") ->
             f'[onprem]\nps = [{{ name = "ps1", address = "127.{net}.1.1", data_port = 9443{ps_extra} }}]\n' + hosts)
 
 
+def lab_net(seed: int) -> int:
+    """The second octet of a lab's loopback range: from the seed, the process and the time, so that
+    benchmarks running at once never share addresses."""
+    return random.Random(f"{seed}:{os.getpid()}:{time.time_ns()}").randrange(30, 250)
+
+
+def new_lab(root: Path, machines: int, disk_mib: int, seed: int, ps_extra: str = "") -> Lab:
+    """A lab of :func:`topology_toml` in ``root`` (not started)."""
+    topo_file = root / "lab.toml"
+    topo_file.write_text(topology_toml(lab_net(seed), machines, disk_mib, ps_extra))
+    return Lab(load_topology(topo_file), root / "lab")
+
+
+def lab_cpu(lab: Lab) -> dict[str, float]:
+    """CPU seconds so far of every daemon of ``lab``, by node name."""
+    return {name: cpu_seconds(pid) for name, pid in lab.read_pids().items()}
+
+
 def peak_rss_mib(pid: int) -> float:
     """VmHWM (peak resident set) of ``pid`` in MiB; 0.0 when unknown."""
     try:
@@ -55,8 +73,7 @@ class BenchLab:
         return self.lab.read_pids()
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far of every daemon, by node name."""
-        return {name: cpu_seconds(pid) for name, pid in self.pids().items()}
+        return lab_cpu(self.lab)
 
     def peak_rss(self) -> dict[str, float]:
         return {name: round(peak_rss_mib(pid), 1) for name, pid in self.pids().items()}
@@ -74,10 +91,7 @@ class BenchLab:
 @asynccontextmanager
 async def bench_lab(machines: int, disk_mib: int, seed: int, ps_extra: str = "") -> AsyncIterator[BenchLab]:
     root = Path(tempfile.mkdtemp(prefix="drlab-bench-lab-"))
-    net = random.Random(f"{seed}:{os.getpid()}:{time.time_ns()}").randrange(30, 250)  # concurrent benchmarks differ
-    topo_file = root / "lab.toml"
-    topo_file.write_text(topology_toml(net, machines, disk_mib, ps_extra))
-    lab = Lab(load_topology(topo_file), root / "lab")
+    lab = new_lab(root, machines, disk_mib, seed, ps_extra)
     bl = BenchLab(lab, root, [Scenario(lab, seed + i, m) for i, m in enumerate(lab.topology.machines)])
     try:
         await lab.init()

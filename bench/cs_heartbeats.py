@@ -22,10 +22,8 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import json
 import multiprocessing as mp
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from bench import procs
-from bench.results_io import write_report
+from bench.results_io import machine, publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 START_TIMEOUT_S = 120.0
@@ -166,7 +164,7 @@ def _ratio(phases: dict[str, Any]) -> float:
 def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"benchmark": "cs_heartbeats",
             "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "machine": machine(),
             "params": {"components": args.components, "duration_s": args.duration, "warmup_s": args.warmup,
                        "concurrency": args.concurrency},
             "runs": runs}
@@ -198,10 +196,6 @@ def markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(rep: dict[str, Any], out: Path, label: str) -> tuple[Path, Path]:
-    return write_report(rep, markdown(rep), out, "cs_heartbeats", label)
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     for engine in args.engine:
@@ -223,11 +217,7 @@ def run(quick: bool, seed: int) -> tuple[dict[str, Any], str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rep = measure(args)
-    json_path, md_path = write(rep, args.out, args.label)
-    if not args.quiet:
-        print(json.dumps(rep, indent=2))
-    print(markdown(rep))
-    print(f"written: {json_path} {md_path}", file=sys.stderr)
+    publish(rep, markdown(rep), args.out, "cs_heartbeats", args.label, show_json=not args.quiet)
     return 0
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from bench import references
 from bench.benchlab import BenchLab, bench_lab, by_role, cpu_delta
-from bench.results_io import write_report
+from bench.results_io import publish
 from deploy import report
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -243,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time()) % 100_000
     rep, md = run(args.quick, seed, set(args.only) if args.only else None)
-    print(md)
-    paths = write_report(rep, md, args.out, "e2e", "quick" if args.quick else "")
-    print(f"written: {' '.join(map(str, paths))}", file=sys.stderr)
+    publish(rep, md, args.out, "e2e", "quick" if args.quick else "")
     return 0
 
 

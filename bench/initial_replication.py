@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import datetime
 import os
-import platform
 import random
 import shutil
 import signal
@@ -48,15 +47,14 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from bench.benchlab import by_role, cpu_delta, topology_toml
-from bench.procs import cpu_seconds
-from bench.results_io import write_report
+from bench.benchlab import by_role, cpu_delta, lab_cpu, new_lab
+from bench.results_io import machine, publish
 from common import datagen, errors
 from common.config import AgentConfig
 from common.wire import writelog
 from deploy.lab import Lab
 from deploy.scenario import Scenario, wait_state
-from deploy.topology import load as load_topology
+from mt.replica import write_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MiB = 1 << 20
@@ -134,20 +132,13 @@ def write_untracked(image: Path, log_path: Path, offsets: list[int], length: int
                 data = datagen.data_for(seed, wnum, length, prof)
                 old = os.pread(fd, length, off)
                 differing += 0 if old == data else length
-                _pwrite_all(fd, data, off)
+                write_all(fd, data, off)
                 writer.append(writelog.LogRecord(wnum, disk_index, writelog.KIND_PREFILL, off, length,
                                                  time.time_ns()))
             os.fsync(fd)
         finally:
             os.close(fd)
     return differing
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
 
 
 # ---------------------------------------------------------------- the run
@@ -170,14 +161,10 @@ def _record_seconds(rec: dict[str, Any]) -> float:
     return round((rec["ended_ns"] - rec["started_ns"]) / 1e9, 3)
 
 
-def _cpu(lab: Lab) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in lab.read_pids().items()}
-
-
 async def initial_replication(lab: Lab, sc: Scenario, admin: Any) -> dict[str, Any]:
-    before = _cpu(lab)
+    before = lab_cpu(lab)
     seconds = await sc.protect(admin, timeout_s=TIMEOUT_S)
-    cpu = by_role(cpu_delta(before, _cpu(lab)))
+    cpu = by_role(cpu_delta(before, lab_cpu(lab)))
     [rec] = [r for r in await admin.resyncs(sc.disk_id) if r["generation"] == 1]
     return {"seconds": round(seconds, 3), "cs_record_seconds": _record_seconds(rec), "mode": rec["mode"],
             "bytes_sent": rec["bytes_sent"], "cpu_s": {k: round(v, 2) for k, v in cpu.items()}}
@@ -186,12 +173,12 @@ async def initial_replication(lab: Lab, sc: Scenario, admin: Any) -> dict[str, A
 async def user_resync(lab: Lab, sc: Scenario, admin: Any) -> dict[str, Any]:
     """Ask the CS for a resync of the disk (reason ``user``) and wait until it is done: its
     mode, bytes compared and sent, wall seconds (ask to protected) and the daemons' CPU seconds."""
-    before = _cpu(lab)
+    before = lab_cpu(lab)
     t0 = time.monotonic()
     generation = int((await admin.api.post(f"/v1/disks/{sc.disk_id}/resync", {"reason": "user"}))["generation"])
     rec = await wait_resynced(admin, sc.disk_id, generation, TIMEOUT_S)
     wall = time.monotonic() - t0
-    cpu = by_role(cpu_delta(before, _cpu(lab)))
+    cpu = by_role(cpu_delta(before, lab_cpu(lab)))
     return {"generation": generation, "mode": rec["mode"], "bytes_compared": rec["bytes_compared"],
             "bytes_sent": rec["bytes_sent"], "seconds": round(wall, 3), "cs_record_seconds": _record_seconds(rec),
             "cpu_s": {k: round(v, 2) for k, v in cpu.items()}}
@@ -230,10 +217,7 @@ async def oracle_check(sc: Scenario, admin: Any) -> dict[str, Any]:
 
 async def _run(quick: bool, seed: int, root: Path) -> dict[str, Any]:
     disk_mib = QUICK_MIB if quick else FULL_MIB
-    net = random.Random(f"{seed}:{os.getpid()}:{time.time_ns()}").randrange(30, 250)
-    topo_file = root / "lab.toml"
-    topo_file.write_text(topology_toml(net, 1, disk_mib))
-    lab = Lab(load_topology(topo_file), root / "lab")
+    lab = new_lab(root, 1, disk_mib, seed)
     sc = Scenario(lab, seed)
     await lab.init()
     lab.write_configs()
@@ -267,11 +251,6 @@ def ratios(rep: dict[str, Any]) -> dict[str, Any]:
             ref["mb_per_s_written"] = round(rep["written_bytes"] / ref["seconds"] / 1e6, 1)
             out[f"ir_to_{name}_time"] = round(ir["seconds"] / ref["seconds"], 2)
     return out
-
-
-def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 def run(quick: bool, seed: int) -> tuple[dict[str, Any], str]:
@@ -336,9 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     args = p.parse_args(argv)
     rep, md = run(args.quick, args.seed)
-    json_path, md_path = write_report(rep, md, args.out, "initial_replication", "quick" if args.quick else "")
-    print(md)
-    print(f"written: {json_path} {md_path}", file=sys.stderr)
+    publish(rep, md, args.out, "initial_replication", "quick" if args.quick else "")
     return 0 if rep["oracle"]["ok"] else 1
 
 

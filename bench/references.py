@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import multiprocessing as mp
 import os
-import platform
 import ssl
 import sys
 import tempfile
@@ -41,7 +39,7 @@ import lz4.frame
 from aiohttp import web
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bench.results_io import write_report
+from bench.results_io import machine, publish
 from common import datagen, tls
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -247,9 +245,7 @@ def _seal_pooled(pool: ThreadPoolExecutor, seal: Callable[[int, bytes], bytes], 
 def report(args: argparse.Namespace, chunks: list[bytes], refs: dict[str, Any]) -> dict[str, Any]:
     return {"benchmark": "references",
             "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                        "loadavg_1m": round(os.getloadavg()[0], 2),
-                        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}},
+            "machine": machine(),
             "profile": args.profile, "datagen_profile": PROFILES[args.profile],
             "bytes": sum(map(len, chunks)), "chunk_bytes": CHUNK, "lz4_ratio": round(lz4_ratio(chunks), 3),
             "references": refs}
@@ -273,10 +269,6 @@ def markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(rep: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    return write_report(rep, markdown(rep), out, "references", rep["profile"])
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chunks = make_chunks(args.profile, args.mb)
@@ -286,11 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     refs["seal_1_thread"] = reference_seal(chunks, 1)
     refs["seal_2_threads"] = reference_seal(chunks, 2)
     rep = report(args, chunks, refs)
-    json_path, md_path = write(rep, args.out)
-    if not args.quiet:
-        print(json.dumps(rep, indent=2))
-    print(markdown(rep))
-    print(f"written: {json_path} {md_path}", file=sys.stderr)
+    publish(rep, markdown(rep), args.out, "references", rep["profile"], show_json=not args.quiet)
     return 0
 
 

@@ -38,7 +38,6 @@ import asyncio
 import datetime
 import logging
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from bench import rto_lab
-from bench.results_io import write_report
+from bench.results_io import machine, publish
 from common import datagen, oracle
 from common import logging as dlog
 from common.http import ApiClient
@@ -94,11 +93,6 @@ class Params:
         if quick:
             return cls((1,), 120, 4, 1.0, 32)
         return cls((1, 4, 16), 1500, 4, 6.0, 256)
-
-
-def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 # ---------------------------------------------------------------- the journal
@@ -381,9 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     dlog.setup("bench", level=logging.WARNING)
     rep, md = run(args.quick, args.seed)
-    json_path, md_path = write_report(rep, md, args.out, "rto", "quick" if args.quick else "")
-    print(md)
-    print(f"written: {json_path} {md_path}", file=sys.stderr)
+    publish(rep, md, args.out, "rto", "quick" if args.quick else "")
     return 0 if rep["oracle_ok"] else 1
 
 

@@ -13,34 +13,16 @@ the result posted back, and the admin's poll. The CS leg does not depend on the 
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 from typing import Any
 
-from deploy.lab import Lab
+from bench.benchlab import new_lab
 from deploy.scenario import Scenario
-from deploy.topology import load
-
-
-def topology(path: Path, net: int, disk_mib: int) -> Path:
-    """One CS, one MT, one PS, one machine with one disk of ``disk_mib`` (the tests' small lab)."""
-    path.write_text(f"""
-[cloud]
-cs = {{ address = "127.{net}.2.1", port = 443 }}
-mt = [{{ name = "mt1", address = "127.{net}.2.2", data_port = 9443, control_port = 9080 }}]
-[onprem]
-ps = [{{ name = "ps1", address = "127.{net}.1.1", data_port = 9443 }}]
-[[onprem.machines]]
-name = "m1"
-disks = [{{ name = "disk0", size_mib = {disk_mib} }}]
-""")
-    return path
 
 
 async def cs_leg(root: Path, seed: int, disk_mib: int = 32, rounds: int = 3) -> dict[str, Any]:
     """The lab's failovers to latest (module docstring); the lab is down when this returns."""
-    net = random.randrange(30, 250)  # not from the seed: two runs at once must not share addresses
-    lab = Lab(load(topology(root / "lab.toml", net, disk_mib)), root / "lab")
+    lab = new_lab(root, 1, disk_mib, seed)  # one CS, PS, MT and machine (bench/benchlab.py)
     sc = Scenario(lab, seed)
     rows: list[dict[str, Any]] = []
     try:
