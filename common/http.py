@@ -54,19 +54,31 @@ def fronted_peercert(request: web.Request) -> dict[str, Any] | None:
     return peercert if isinstance(peercert, dict) else None
 
 
-def peer_identity(request: web.Request) -> Identity | None:
-    if request.config_dict.get(FRONTED, False):
-        try:
-            return identity_from_peercert(fronted_peercert(request))
-        except (ValueError, TypeError, AttributeError):
-            return None
-    ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
-    if ssl_obj is None:
-        return None
+def cert_identity(peercert: Any, revoked: Callable[[int], bool] | None = None) -> Identity | None:
+    """The identity a verified peer certificate carries; None when it carries none (or a malformed
+    one) or ``revoked`` says its serial is revoked."""
     try:
-        return identity_from_peercert(ssl_obj.getpeercert())
-    except ValueError:
+        ident = identity_from_peercert(peercert)
+    except (ValueError, TypeError, AttributeError):
         return None
+    return None if ident is None or (revoked is not None and revoked(ident.serial)) else ident
+
+
+def peer_identity(request: web.Request, revoked: Callable[[int], bool] | None = None) -> Identity | None:
+    if request.config_dict.get(FRONTED, False):
+        return cert_identity(fronted_peercert(request), revoked)
+    ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
+    return cert_identity(ssl_obj.getpeercert(), revoked) if ssl_obj is not None else None
+
+
+def log_refusal(path: str, method: str, exc: BaseException) -> None:
+    """How a refused request is logged: ``request_refused`` for a DrlabError, else ``request_failed``
+    (a bug; its message cut short)."""
+    if isinstance(exc, errors.DrlabError):
+        log.info("request_refused", path=path, method=method, code=exc.code, status=exc.status,
+                 message=exc.message)
+    else:
+        log.error("request_failed", path=path, method=method, error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 def identity(request: web.Request) -> Identity:
@@ -89,8 +101,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except errors.DrlabError as exc:
-        log.info("request_refused", path=request.path, method=request.method, code=exc.code,
-                 status=exc.status, message=exc.message)
+        log_refusal(request.path, request.method, exc)
         return json_error(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -98,8 +109,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
         return web.json_response({"code": code, "message": exc.reason}, status=exc.status)
     except Exception as exc:  # a bug: log it, answer JSON without internals (CancelledError passes through)
-        log.error("request_failed", path=request.path, method=request.method,
-                  error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        log_refusal(request.path, request.method, exc)
         return web.json_response({"code": "internal", "message": "internal error"}, status=500)
 
 
@@ -141,9 +151,7 @@ def auth_middleware(allow: Iterable[str] = (), revoked: Callable[[int], bool] | 
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        ident = peer_identity(request)
-        if ident is not None and revoked is not None and revoked(ident.serial):
-            ident = None
+        ident = peer_identity(request, revoked)
         if ident is None and sessions is not None:
             token = session_token(request)
             ident = await sessions(token) if token else None

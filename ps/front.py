@@ -27,8 +27,8 @@ from aiohttp import web
 from common import errors
 from common import logging as dlog
 from common.frontproto import Head, Limits
-from common.http import FRONTED
-from common.tls import Identity, identity_from_peercert
+from common.http import FRONTED, cert_identity, log_refusal
+from common.tls import Identity
 from common.tlsfront import NativeCall, TLSFront
 from ps.ingest import IngestContext, admit_batch, ingest_batch
 
@@ -65,22 +65,17 @@ class BatchCall:
 
     def _identity(self) -> Identity | None:
         """As common/http.py's auth middleware: the verified certificate, unless revoked."""
-        try:
-            ident = identity_from_peercert(self.peercert)
-        except ValueError:
-            return None
-        return None if ident is None or self.ctx.registry.is_revoked(ident.serial) else ident
+        return cert_identity(self.peercert, self.ctx.registry.is_revoked)
 
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run on the loop and wait; a refusal is logged as common/http.py's error_middleware does."""
         try:
             return self._wait(coro)
         except errors.DrlabError as exc:
-            log.info("request_refused", path=self.path, method="PUT", code=exc.code, status=exc.status,
-                     message=exc.message)
+            log_refusal(self.path, "PUT", exc)
             raise
         except Exception as exc:  # a bug: logged, answered as error_middleware does (500 without internals)
-            log.error("request_failed", path=self.path, method="PUT", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            log_refusal(self.path, "PUT", exc)
             raise errors.DrlabError("internal error") from exc
 
     def _wait(self, coro: Coroutine[Any, Any, Any]) -> Any:

@@ -4,6 +4,8 @@ PS in its settings document and applies at run time. The proxy password goes in,
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from common import bandwidth, http
@@ -26,23 +28,17 @@ def _ps_id(request: web.Request) -> str:
     return validate.hex_id(request.match_info["ps_id"], "ps_id")
 
 
-@spec.route(roles=spec.ADMIN, response=PROXY, tags=TAGS)
-async def get_proxy(request: web.Request) -> web.Response:
-    """The PS's upload proxy: url and username, and whether a password is set (never the password)."""
+async def _uplink(request: web.Request) -> tuple[str, PSUplink | None]:
+    """The PS named in the path (404 if unknown) and its stored upload settings, if any."""
     ps_id = _ps_id(request)
     async with state_of(request).db.read() as session:
         await psconfig.ps_or_404(session, ps_id)
-        row = await session.get(PSUplink, ps_id)
-    return web.json_response(psconfig.proxy_view(ps_id, row))
+        return ps_id, await session.get(PSUplink, ps_id)
 
 
-@spec.route(roles=spec.ADMIN, request=SET_PROXY, response=PROXY, tags=TAGS)
-async def put_proxy(request: web.Request) -> web.Response:
-    """Send the PS's uploads through an HTTP CONNECT proxy ``http://HOST:PORT`` (optionally with
-    ``username`` and ``password``, Basic); replaces any earlier proxy of the PS."""
-    http.require_role(request, "admin")
+async def _store_proxy(request: web.Request, fields: Any) -> web.Response:
+    """Set (``fields``) or clear (None) the proxy of the PS in the path; its view."""
     ps_id = _ps_id(request)
-    fields = psconfig.parse_proxy(await http.read_json(request, max_bytes=8192))
     state = state_of(request)
     async with state.change() as session:
         row = await psconfig.set_proxy(session, psconfig.store_key(state.cfg.data_dir), ps_id, fields)
@@ -51,25 +47,31 @@ async def put_proxy(request: web.Request) -> web.Response:
 
 
 @spec.route(roles=spec.ADMIN, response=PROXY, tags=TAGS)
+async def get_proxy(request: web.Request) -> web.Response:
+    """The PS's upload proxy: url and username, and whether a password is set (never the password)."""
+    return web.json_response(psconfig.proxy_view(*await _uplink(request)))
+
+
+@spec.route(roles=spec.ADMIN, request=SET_PROXY, response=PROXY, tags=TAGS)
+async def put_proxy(request: web.Request) -> web.Response:
+    """Send the PS's uploads through an HTTP CONNECT proxy ``http://HOST:PORT`` (optionally with
+    ``username`` and ``password``, Basic); replaces any earlier proxy of the PS."""
+    http.require_role(request, "admin")
+    _ps_id(request)  # a bad id is refused before the body is read
+    return await _store_proxy(request, psconfig.parse_proxy(await http.read_json(request, max_bytes=8192)))
+
+
+@spec.route(roles=spec.ADMIN, response=PROXY, tags=TAGS)
 async def delete_proxy(request: web.Request) -> web.Response:
     """Uploads of the PS go direct again (or through its configured ``upload_proxy``)."""
     http.require_role(request, "admin")
-    ps_id = _ps_id(request)
-    state = state_of(request)
-    async with state.change() as session:
-        row = await psconfig.set_proxy(session, psconfig.store_key(state.cfg.data_dir), ps_id, None)
-        view = psconfig.proxy_view(ps_id, row)
-    return web.json_response(view)
+    return await _store_proxy(request, None)
 
 
 @spec.route(roles=spec.ADMIN, response=BANDWIDTH, tags=TAGS)
 async def get_bandwidth(request: web.Request) -> web.Response:
     """The PS's upload limit (bytes/s, 0: none) and its time-of-day windows (PS local time)."""
-    ps_id = _ps_id(request)
-    async with state_of(request).db.read() as session:
-        await psconfig.ps_or_404(session, ps_id)
-        row = await session.get(PSUplink, ps_id)
-    return web.json_response(psconfig.bandwidth_view(ps_id, row))
+    return web.json_response(psconfig.bandwidth_view(*await _uplink(request)))
 
 
 @spec.route(roles=spec.ADMIN, request=SET_BANDWIDTH, response=BANDWIDTH, tags=TAGS)
