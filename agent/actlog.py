@@ -10,7 +10,10 @@ Rules:
 - an extent cools when its last seq is applied at the MT, nothing pending in the tracker
   touches it, and it has not been written for ``linger_s``; cooling is persisted lazily (a log
   that says "hot" for a cold extent only costs a little resync, never correctness);
-- the log is per machine: :mod:`common.wire.actlog` slots in ``data_dir/actlog.bin``.
+- the log is per machine: :mod:`common.wire.actlog` slots in ``data_dir/actlog.bin``, both
+  allocated when it is opened (a full disk then cannot fail a flush); a flush that fails anyway
+  fails the write waiting for it (the workload sees an I/O error, nothing is tracked unlogged)
+  and is retried in the same slot, so the other one keeps the last durable state.
 """
 
 from __future__ import annotations
@@ -57,11 +60,12 @@ class ActivityLog:
         """Open (creating) the file; the hot extents it held per disk, or None when the file
         existed but held no valid slot (then nothing is known: resync whole disks)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        existed = self.path.exists() and self.path.stat().st_size > 0
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        if not existed:
-            return {}
+        # both slots' space is taken now: a full disk later cannot fail (or tear) a flush
+        os.posix_fallocate(self._fd, 0, 2 * self._slot)
         raw = [os.pread(self._fd, self._slot_of(i)[1], self._slot_of(i)[0]) for i in (0, 1)]
+        if not any(any(r) for r in raw):
+            return {}  # never flushed: no write was let through yet
         snap = wal.pick(raw)
         if snap is None:
             log.warning("activity_log_unreadable", path=str(self.path))
@@ -180,27 +184,28 @@ class ActivityLog:
             version = self._version
             if self._durable >= version:
                 return
-            self._counter += 1
-            data = wal.encode(self._snapshot())
-            offset = self._slot_of(self._counter % 2)[0]
+            counter = self._counter + 1  # advanced once written: a failed flush is retried in the same
+            data = wal.encode(self._snapshot(counter))  # slot, never in the one holding the last good state
+            offset = self._slot_of(counter % 2)[0]
             await asyncio.to_thread(self._write, offset, data.ljust(self._slot, b"\0"))
-            self._durable = version
+            self._counter, self._durable = counter, version
             self.flushes += 1
 
     def flush_sync(self) -> None:
         """The same, blocking (for a clean stop)."""
         if self._fd < 0 or self._durable >= self._version:
             return
-        self._counter += 1
-        version = self._version
-        self._write(self._slot_of(self._counter % 2)[0],
-                    wal.encode(self._snapshot()).ljust(self._slot, b"\0"))
-        self._durable = version
+        counter, version = self._counter + 1, self._version
+        self._write(self._slot_of(counter % 2)[0], wal.encode(self._snapshot(counter)).ljust(self._slot, b"\0"))
+        self._counter, self._durable = counter, version
 
-    def _snapshot(self) -> wal.Snapshot:
+    def _snapshot(self, counter: int) -> wal.Snapshot:
         disks = tuple(wal.DiskBits(i, self.sizes[i], bm.nbits, bm.to_bytes()) for i, bm in sorted(self.hot.items()))
-        return wal.Snapshot(self._counter, self.extent_bytes, disks)
+        return wal.Snapshot(counter, self.extent_bytes, disks)
 
     def _write(self, offset: int, data: bytes) -> None:
-        os.pwrite(self._fd, data, offset)
+        view = memoryview(data)
+        while view:  # a short write is continued: a torn slot must never be reported durable
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
         os.fdatasync(self._fd)

@@ -379,9 +379,15 @@ class Replicator:
         while True:
             await asyncio.sleep(self.cfg.watch_interval_s)
             for pipe in list(self.pipelines.values()):
-                await self._watch_pipe(pipe)
+                try:
+                    await self._watch_pipe(pipe)
+                except Exception as exc:  # e.g. state.json on a full disk: never end the watch
+                    log.error("watch_failed", disk=pipe.disk_id, error=str(exc), kind=type(exc).__name__)
             if self.actlog is not None and self.actlog.dirty:
-                await self.actlog.flush()
+                try:
+                    await self.actlog.flush()
+                except OSError as exc:  # a full disk: the next write that needs it fails and retries
+                    log.error("activity_log_flush_failed", error=str(exc))
 
     async def _watch_pipe(self, pipe: Pipeline) -> None:
         if pipe.uploader.stale:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import formats
+from common import errors, formats
 from common.tls import durable_write
 
 FILE_NAME = "state.json"
@@ -82,8 +82,13 @@ class StateStore:
         if not self.path.exists():
             return AgentState()
         raw = self.path.read_bytes()
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:  # never guessed: the generations in it decide what is still valid
+            raise errors.ConfigError(f"{self.path} is damaged ({exc}); move it away to start afresh (every "
+                                     "protected disk then gets a new generation and a full resync)") from exc
         self._saved = raw
-        return AgentState.from_json(json.loads(raw))
+        return AgentState.from_json(doc)
 
     def save(self, state: AgentState) -> None:
         data = json.dumps(state.to_json(), indent=2).encode()

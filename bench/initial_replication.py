@@ -21,7 +21,7 @@ hole. Measured, in this order:
    in the workload's write log (prefill records, so the oracle knows the image); the agent
    started again; a resync asked through the CS (reason ``user``: a checksum resync). The CS's
    resync record gives the bytes compared and sent and its seconds. The ideal bytes sent are the
-   differing bytes; the agent compares ``hash_block_bytes`` blocks (1 MiB), so the best it can
+   differing bytes; the agent compares ``hash_block_bytes`` blocks (64 KiB), so the best it can
    do is every hash block holding a differing block: both ratios are reported, and its time
    against initial replication's and the equal resync's.
 5. **Oracle**: a few writes through the agent, then failover to the latest point; its image is
@@ -297,7 +297,7 @@ def markdown(rep: dict[str, Any]) -> str:
         f"| {r['resync_to_equal_resync_time']:.2f}x |",
         f"| resync bytes sent | {rs['bytes_sent'] / 1e6:.1f} MB | differing {rs['differing_bytes'] / 1e6:.1f} MB "
         f"| {rs['sent_to_differing']}x |",
-        f"| resync bytes sent | (same) | {rs['hash_block_bytes'] >> 20} MiB hash blocks holding them "
+        f"| resync bytes sent | (same) | {rs['hash_block_bytes'] >> 10} KiB hash blocks holding them "
         f"{rs['hash_granular_bytes'] / 1e6:.1f} MB | {rs['sent_to_hash_granular']}x |",
         f"| resync bytes compared | {rs['bytes_compared'] / 1e6:.0f} MB | disk {rep['disk_bytes'] / 1e6:.0f} MB "
         f"| {rs['bytes_compared'] / rep['disk_bytes']:.2f}x |", "",

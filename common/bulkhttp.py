@@ -13,6 +13,10 @@ optionally through an HTTP CONNECT proxy. Its answers and errors are those of ``
 when the connection fails. A request on a reused connection that fails (the server closed it while
 idle: EOF, reset) is sent again once on a new connection: batch PUTs are idempotent (an identical
 re-send is a no-op at the PS and the MT).
+
+Each connection's socket is also held as a duplicate descriptor from the moment it connects, so that
+:meth:`BulkSender.close` can shut down a request blocked anywhere — even in its TLS handshake, while
+``http.client`` holds no socket object of it (a peer that accepted and went silent).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class BulkSender:
         self._lock = threading.Lock()
         self._idle: list[tuple[Route, http.client.HTTPSConnection]] = []
         self._busy: set[http.client.HTTPSConnection] = set()
+        self._handles: dict[http.client.HTTPSConnection, socket.socket] = {}  # dup of each one's socket
         self._closed = False
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="bulk-http")
 
@@ -69,10 +74,13 @@ class BulkSender:
             idle, self._idle = self._idle, []
             busy = list(self._busy)
         for _, conn in idle:
-            conn.close()
+            self._drop(conn)
         for conn in busy:
-            with contextlib.suppress(OSError, AttributeError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                handle = self._handles.get(conn)
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.shutdown(socket.SHUT_RDWR)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- in a worker thread ----------------------------------------------------------------
@@ -89,14 +97,14 @@ class BulkSender:
             except (OSError, http.client.HTTPException):
                 if not reused:
                     raise
-                conn.close()  # the server closed the idle connection (EOF, reset): once more on a new one
+                self._drop(conn)  # the server closed the idle connection (EOF, reset): once more on a new one
                 with self._lock:
                     self._busy.discard(conn)
                     conn = self._connect(route, timeout_s)
                     self._busy.add(conn)
                 return self._exchange(conn, route, method, path, data, headers)
         except (OSError, http.client.HTTPException) as exc:
-            conn.close()
+            self._drop(conn)
             raise errors.TransportError(f"{where}: {_describe(exc, route)}") from exc
         finally:
             with self._lock:
@@ -108,7 +116,7 @@ class BulkSender:
         resp = conn.getresponse()
         raw = resp.read()
         if resp.will_close:
-            conn.close()
+            self._drop(conn)
         else:
             self._give_back(route, conn)
         return resp.status, raw, resp.getheader("Retry-After")
@@ -129,12 +137,38 @@ class BulkSender:
     def _connect(self, route: Route, timeout_s: float) -> http.client.HTTPSConnection:
         proxy, proxy_headers = route
         if proxy is None:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout_s, context=self._ssl)
-        purl = urlsplit(proxy)
-        conn = http.client.HTTPSConnection(purl.hostname or "", purl.port or 8080, timeout=timeout_s,
-                                           context=self._ssl)
-        conn.set_tunnel(self.host, self.port, headers=dict(proxy_headers))
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout_s, context=self._ssl)
+        else:
+            purl = urlsplit(proxy)
+            conn = http.client.HTTPSConnection(purl.hostname or "", purl.port or 8080, timeout=timeout_s,
+                                               context=self._ssl)
+            conn.set_tunnel(self.host, self.port, headers=dict(proxy_headers))
+
+        def create(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+            sock = socket.create_connection(address, *args, **kwargs)
+            self._hold(conn, sock.dup())
+            return sock
+
+        conn._create_connection = create  # type: ignore[attr-defined]  # http.client's connect hook
         return conn
+
+    def _hold(self, conn: http.client.HTTPSConnection, handle: socket.socket) -> None:
+        with self._lock:
+            old, self._handles[conn] = self._handles.get(conn), handle
+            closed = self._closed
+        if old is not None:
+            old.close()
+        if closed:  # close() ran meanwhile: this connection must not block either
+            with contextlib.suppress(OSError):
+                handle.shutdown(socket.SHUT_RDWR)
+
+    def _drop(self, conn: http.client.HTTPSConnection) -> None:
+        """Close a connection and its duplicate descriptor."""
+        conn.close()
+        with self._lock:
+            handle = self._handles.pop(conn, None)
+        if handle is not None:
+            handle.close()
 
     def _give_back(self, route: Route, conn: http.client.HTTPSConnection) -> None:
         with self._lock:
@@ -144,7 +178,7 @@ class BulkSender:
                 stale = [c for r, c in self._idle if r != route]
                 self._idle = [(r, c) for r, c in self._idle if r == route] + [(route, conn)]
         for c in stale:
-            c.close()
+            self._drop(c)
 
 
 def _describe(exc: BaseException, route: Route) -> str:

@@ -152,7 +152,7 @@ class PSConfig(ComponentConfig):
     upload_threads: int = 2
     cache_max_bytes: int = 8 * 1024 * MiB
     max_batch_bytes: int = 64 * MiB
-    # True: the data port is served by the threaded TLS front (common/tlsfront.py, ps/front.py), which
+    # True: the data port is served by the threaded TLS front (common/batchfront.py, ps/front.py), which
     # reads batch bodies off the event loop and relays other requests to the data app on a private unix
     # socket; False: the data app serves the port itself over asyncio's TLS.
     ingest_front: bool = True
@@ -203,6 +203,9 @@ class MTConfig(ComponentConfig):
     # Loopback only (the export has no authentication); "" = listen_host
     view_nbd_port: int = 0
     view_nbd_host: str = ""
+    # True: the data port is served by the threaded TLS front (common/batchfront.py, mt/front.py), as
+    # the PS's is (PSConfig.ingest_front); False: the data app serves it over asyncio's TLS.
+    ingest_front: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.view_nbd_port <= 65535:
@@ -235,7 +238,9 @@ class AgentConfig(ComponentConfig):
     metadata_max_bytes: int = 16 * MiB  # metadata-mode regions waiting to be read before bitmap mode
     bitmap_block_bytes: int = 4096  # one dirty bit per block in bitmap mode
     resync_chunk_bytes: int = 1 * MiB
-    hash_block_bytes: int = 1 * MiB  # checksum resync and verify: one xxh3-128 hash per block
+    # checksum resync and verify: one xxh3-128 hash per block (64 KiB: a 1 % resync of scattered 64 KiB
+    # changes sends 1.0x the changed bytes where 1 MiB blocks sent 15x; bench/initial_replication.py)
+    hash_block_bytes: int = 64 * 1024
     hash_request_bytes: int = 32 * MiB  # disk bytes whose block hashes one request asks the MT for
     # hot extents only (after a crash, a lost or switched PS): finer blocks, so that an extent with a
     # few un-applied writes re-sends their blocks and not the whole extent

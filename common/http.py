@@ -170,6 +170,16 @@ def auth_middleware(allow: Iterable[str] = (), revoked: Callable[[int], bool] | 
     return middleware
 
 
+def authorize(ident: Identity | None, roles: Iterable[str], method: str, path: str) -> Identity:
+    """``ident`` if it may call ``method path`` open to ``roles``: 401 without one, 403 for another role
+    (what the auth middleware and :func:`require_role` answer; for callers outside a request)."""
+    if ident is None:
+        raise errors.Unauthorized("a valid client certificate or operator session is required")
+    if not role_allows(roles, ident.role, method):
+        raise errors.Forbidden(f"role {ident.role} may not call {method} {path}")
+    return ident
+
+
 def require_role(request: web.Request, *roles: str) -> Identity:
     """The caller's identity if its role may call this route (see :func:`role_allows`), else 403."""
     ident = identity(request)
@@ -179,14 +189,43 @@ def require_role(request: web.Request, *roles: str) -> Identity:
 
 
 async def read_json(request: web.Request, max_bytes: int = 1024 * 1024) -> dict[str, Any]:
+    """The body as a JSON object, or 400: not JSON, nested too deep (RecursionError), NaN/Infinity,
+    or a string (value or key) holding U+0000 or a lone surrogate (no database stores those)."""
     raw = await read_body(request, max_bytes)  # the whole body: one read() returns what has arrived
     try:
-        body = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise errors.BadRequest(f"body is not JSON: {exc}") from exc
+        body = json.loads(raw or b"{}", parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise errors.BadRequest(f"body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise errors.BadRequest("body must be a JSON object")
+    _check_strings(body)
     return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_strings(document: Any) -> None:
+    """400 if any string of ``document`` has U+0000 or a lone surrogate (iterative: any depth)."""
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and ("\x00" in item or not item.isascii() and _surrogate(item)):
+            raise errors.BadRequest("strings must not hold U+0000 or lone surrogates")
+
+
+def _surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 async def read_body(request: web.Request, max_bytes: int) -> bytes:

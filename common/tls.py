@@ -103,16 +103,32 @@ class IdentityFiles:
 
 
 def durable_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via temp file + fsync + rename + directory fsync."""
+    """Write via temp file + fsync + rename + directory fsync. A failure (ENOSPC: a full disk)
+    leaves the old file as it was and removes the temp file; a short write is continued, never
+    renamed into place."""
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_synced(tmp, data, mode, exclusive=False)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def write_synced(path: Path, data: bytes | bytearray | memoryview, mode: int = 0o600, *,
+                 exclusive: bool = True) -> None:
+    """Create ``path`` (``exclusive``: it must not exist; else truncated), write all of ``data``
+    (short writes continued) and fsync; any failure (ENOSPC) removes it and re-raises."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:

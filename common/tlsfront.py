@@ -112,6 +112,7 @@ class _Conn:
                 head = parse_head(raw, self.limits)
                 keep = self._handle(head)
             except BadInput as exc:
+                _log_refused(exc.status, exc.code, exc.message)
                 if self._send(error_answer(exc, False)):
                     self._linger(1.0)
                 return
@@ -147,6 +148,7 @@ class _Conn:
         try:
             while (end := self.pending.find(b"\r\n\r\n")) < 0:
                 if len(self.pending) > limits.max_head_bytes:
+                    _log_refused(400, "bad_request", "request head too large")
                     self._send(error_answer(BadInput(400, "bad_request", "request head too large"), False))
                     return None
                 self._recv(deadline, not started)
@@ -155,6 +157,7 @@ class _Conn:
         except Closed:
             return None
         except SlowClient as exc:
+            _log_refused(408, "timeout", str(exc))
             self._send(json_answer(408, {"code": "timeout", "message": str(exc)}, False))
             return None
         raw = bytes(self.pending[:end])
@@ -229,6 +232,7 @@ class _Conn:
         try:
             self._read_into(body)
         except SlowClient as exc:
+            _log_refused(408, "timeout", str(exc))
             self._send(json_answer(408, {"code": "timeout", "message": str(exc)}, False))
             return False
         except Closed:
@@ -342,7 +346,9 @@ class TLSFront:
             raw.settimeout(self.limits.handshake_timeout_s)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait on handshake/answer writes
             tls = self.ssl_context.wrap_socket(raw, server_side=True)  # takes over raw's descriptor
-        except TRANSPORT:
+        except TRANSPORT as exc:
+            if isinstance(exc, ssl.SSLError):  # e.g. no, an expired or a foreign certificate
+                log.info("tls_handshake_refused", error=f"{type(exc).__name__}: {exc}"[:200])
             raw.close()
             self._done(slot)
             return
@@ -371,9 +377,16 @@ class TLSFront:
             conn.close()
 
     def _refuse(self, tls: ssl.SSLSocket) -> None:
+        _log_refused(503, "unavailable", "too many connections")
         tls.settimeout(self.limits.io_timeout_s)
         tls.sendall(error_answer(errors.Unavailable("too many connections", retry_after_s=1.0), False))
         _drain(tls, 1.0)
+
+
+def _log_refused(status: int, code: str, message: str) -> None:
+    """A request refused by the front itself (before any route: no path to name), logged as
+    common/http.py's ``request_refused``."""
+    log.info("request_refused", status=status, code=code, message=message[:200], where="tls_front")
 
 
 def _drain(sock: ssl.SSLSocket, seconds: float) -> None:

@@ -126,9 +126,13 @@ def open_sealed(src: BinaryIO, password: Password) -> bytes:
         salt, prefix = base64.b64decode(head["kdf"]["salt"]), base64.b64decode(head["nonce_prefix"])
         if head["format"] != FORMAT or len(prefix) != 8 or kdf["n"] > 2**20 or kdf["r"] > 32 or kdf["p"] > 16:
             raise ValueError("unsupported parameters")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise errors.BadRequest(f"the backup archive's header is damaged: {str(exc)[:200]}") from exc
+    try:  # scrypt refuses n, r, p it cannot use (n not a power of 2, over its memory cap ...)
+        key = _key(password, salt, kdf)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise errors.BadRequest(f"the backup archive's header is damaged: {exc}") from exc
-    aead, header_hash = AESGCM(_key(password, salt, kdf)), hashlib.sha256(header).digest()
+    aead, header_hash = AESGCM(key), hashlib.sha256(header).digest()
     parts: list[bytes] = []
     index, final = 0, False
     while True:

@@ -12,9 +12,7 @@ Progress about an older generation than the disk's is ignored (a fenced pipeline
 
 from __future__ import annotations
 
-import base64
 import re
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
 from common import logging as dlog
-from cs import protection, release, resize, targets, validate
-from cs.db import repo
+from cs import accounts, diskkeys, protection, release, resize, targets, validate
+from cs.db import meta, repo
 from cs.db.models import Component, Disk, Machine, Resync
 from cs.state import CSState
 
@@ -262,7 +260,7 @@ async def protect(state: CSState, machine_id: str, policy: str | None = None,
         for disk in disks:
             if not replicating(disk) and disk.disk_id not in excluded:
                 await resize.on_enable(session, disk)  # a resized disk: protected at its new size
-                _enable(disk, ps_id, mt_id)
+                _enable(disk, ps_id, mt_id, accounts.load_key(state.cfg.data_dir))
                 disk.replica_path = request.seed.get(disk.name)
                 await start_resync(session, disk, "initial" if disk.replica_path is None else "seeded")
                 await release.on_enable(session, disk, mt_id)  # points kept by a disable: reused or deleted
@@ -301,8 +299,8 @@ async def _targets(session: AsyncSession, machine: Component, disks: list[Disk],
     return ps.component_id, mt.component_id
 
 
-def _enable(disk: Disk, ps_id: str, mt_id: str) -> None:
+def _enable(disk: Disk, ps_id: str, mt_id: str, sealer: meta.Sealer) -> None:
     disk.ps_id, disk.mt_id = ps_id, mt_id
     disk.generation, disk.key_epoch = disk.generation + 1, disk.key_epoch + 1  # 1, 1 for a new disk
-    disk.key_b64 = base64.b64encode(secrets.token_bytes(32)).decode()
+    disk.key_b64 = diskkeys.new(sealer, disk.disk_id)  # sealed at rest (cs/diskkeys.py)
     disk.state, disk.percent, disk.bytes_done, disk.bytes_total = "enabling", 0.0, 0, 0

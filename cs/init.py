@@ -8,6 +8,7 @@ import os
 from common import auth, errors, tls
 from common import logging as dlog
 from common.config import CSConfig
+from cs import accounts
 from cs.ca import CA, Layout
 from cs.db import meta
 from cs.db.engine import Database
@@ -36,7 +37,7 @@ async def init_cs(cfg: CSConfig, *, hosts: list[str]) -> auth.Passphrase:
         passphrase = auth.new_passphrase()
         params = await asyncio.to_thread(_auth_params, passphrase)
         async with db.write() as session:
-            await meta.store_auth(session, params)
+            await meta.store_auth(session, params, accounts.load_key(cfg.data_dir))
             await meta.put(session, meta.SETTINGS_VERSION, "0")
     finally:
         await db.close()

@@ -91,7 +91,7 @@ async def new_challenge(state: CSState, role: str, host_id: str,
     async with state.db.write() as session:
         await session.execute(delete(Challenge).where(Challenge.expires_at < now - ttl_ns))
         session.add(challenge)
-        params = await meta.load_auth(session)
+        params = await meta.load_auth(session, _store_key(state))
     log.info("challenge_issued", role=role, host_id=host_id, challenge_id=challenge.challenge_id,
              enroll_token_id=enroll_token_id)
     return {"challenge_id": challenge.challenge_id, "server_nonce": challenge.server_nonce,
@@ -108,7 +108,7 @@ async def _consume(state: CSState, req: RegisterRequest) -> tuple[bytes, bytes]:
                  and ch.role == req.role and ch.host_id == req.host_id)
         if ch is not None:
             ch.used = True
-        key = (await meta.load_auth(session)).key
+        key = (await meta.load_auth(session, _store_key(state))).key
         if ch is not None and valid and ch.enroll_token_id is not None:
             try:
                 key = await enrollment.consume(session, _store_key(state), ch.enroll_token_id, role=req.role,
@@ -206,15 +206,16 @@ def derive_params(passphrase: auth.Passphrase) -> meta.AuthParams:
     return meta.AuthParams(key=auth.derive_key(passphrase, salt, **kdf), salt=salt, kdf=kdf)
 
 
-async def rotate_passphrase(db: Database) -> tuple[auth.Passphrase, int]:
+async def rotate_passphrase(db: Database, sealer: meta.Sealer) -> tuple[auth.Passphrase, int]:
     """A new passphrase and key; registrations with the old one stop working and components
-    registered under it must re-register. Returns (passphrase, new epoch)."""
+    registered under it must re-register. ``sealer``: the account store's key, which seals the
+    derived key at rest. Returns (passphrase, new epoch)."""
     passphrase = auth.new_passphrase()
     params = await asyncio.to_thread(derive_params, passphrase)
     async with db.write() as session:
-        await meta.load_auth(session)  # refuses an uninitialised database
+        await meta.load_auth(session, sealer)  # refuses an uninitialised database
         epoch = await revocation.current_epoch(session) + 1
-        await meta.store_auth(session, params)
+        await meta.store_auth(session, params, sealer)
         await meta.put(session, revocation.PASSPHRASE_EPOCH, str(epoch))
         await session.execute(delete(Challenge))  # challenges handed out under the old salt
         await meta.bump_version(session)

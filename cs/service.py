@@ -19,7 +19,7 @@ from common import errors, tls
 from common import logging as dlog
 from common.config import CSConfig
 from common.daemon import bind_socket as bind
-from cs import policies
+from cs import accounts, policies
 from cs.app import build_app
 from cs.ca import CA, Layout
 from cs.db import meta
@@ -107,9 +107,9 @@ class CSService:
         ssl_ctx = tls.server_context(layout.identity)
         self._db = Database(self.cfg.database_url())
         await self._db.upgrade()  # to the newest migration (a no-op when already there)
-        async with self._db.read() as session:
-            await meta.load_auth(session)  # refuses an uninitialised database
-        async with self._db.write() as session:
+        async with self._db.write() as session:  # refuses an uninitialised database
+            if await meta.seal_auth_key(session, accounts.load_key(self.cfg.data_dir)):
+                log.info("auth_key_sealed")  # stored in clear by an older CS
             await policies.ensure_default(session)  # the policy protect uses when none is named
         self.state = CSState.open(self.cfg, self._db, ca, recheck_s=self._recheck_s)
         if not self._db.is_sqlite:

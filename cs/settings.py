@@ -15,7 +15,19 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from common import errors
-from cs import bookmarks, planned, policies, psconfig, push_install, release, resize, revocation, switch_jobs, verify
+from cs import (
+    bookmarks,
+    diskkeys,
+    planned,
+    policies,
+    psconfig,
+    push_install,
+    release,
+    resize,
+    revocation,
+    switch_jobs,
+    verify,
+)
 from cs.db import meta, repo
 from cs.db.models import Component, Disk, Job, Machine, Policy
 from cs.state import CSState
@@ -121,6 +133,8 @@ async def long_poll(state: CSState, role: str, component_id: str, version: int, 
     async with state.db.read() as session:
         current = await meta.settings_version(session)
         doc = await document(session, role, component_id)
+        if role in ("ps", "mt"):  # the disks' keys, sealed at rest (cs/diskkeys.py)
+            diskkeys.reveal_in(psconfig.store_key(state.cfg.data_dir), doc)
         if role == "ps":  # hypervisors to discover, push installs to run (cs/push_install.py)
             doc.update(await push_install.ps_settings(session, component_id, state.cfg.discovery_interval_s))
             doc.update(await psconfig.ps_settings(session, state.cfg.data_dir, component_id))  # proxy, bandwidth

@@ -71,6 +71,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_passphrase_rotate(args: argparse.Namespace) -> int:
+    from cs import accounts
     from cs.ca import Layout
     from cs.db.engine import Database
     from cs.registration import rotate_passphrase
@@ -83,7 +84,7 @@ def cmd_passphrase_rotate(args: argparse.Namespace) -> int:
     async def go() -> Any:
         db = Database(cfg.database_url())
         try:
-            return await rotate_passphrase(db)
+            return await rotate_passphrase(db, accounts.load_key(cfg.data_dir))
         finally:
             await db.close()
 

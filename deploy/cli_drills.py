@@ -1,4 +1,4 @@
-"""`drlab drill failback | site-loss | failover | ps-switch`: the drills in a lab of their own
+"""`drlab drill failback | site-loss | failover | ps-switch | chaos`: the drills in a lab of their own
 (deploy/drills/), each step printed with what it verified."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ DRILLS = {
                              "then a planned failover — each checked by the oracle"),
     "ps-switch": ("psswitch", "switch the machine to another PS under load, then balance it back with that PS "
                               "killed — needs a topology with two on-prem PSs"),
+    "chaos": ("chaos", "N cycles: SIGKILL a random daemon (agent, PS, MT or CS) under load, restart it, wait for "
+                       "the recovery, check the recovery points with the oracle; a JSON summary with --report"),
 }
 
 
@@ -28,8 +30,17 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if args.seed is not None:
         params.seed = args.seed
     params.alternate = bool(getattr(args, "alternate", False))
+    params.cycles = int(getattr(args, "cycles", params.cycles))
+    params.report = Path(args.report) if getattr(args, "report", None) else None
     module = importlib.import_module(f"deploy.drills.{DRILLS[args.drill][0]}")
     return int(module.main(params))
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def add_parsers(sub: Any) -> None:
@@ -44,4 +55,7 @@ def add_parsers(sub: Any) -> None:
         if name == "failback":
             p.add_argument("--alternate", action="store_true",
                            help="fail back to a new on-prem machine (an alternate location)")
+        if name == "chaos":
+            p.add_argument("--cycles", type=positive, default=5, help="kill cycles (each: kill, restart, verify)")
+            p.add_argument("--report", default=None, help="write the summary as JSON to this file")
         p.set_defaults(func=cmd_drill)

@@ -144,7 +144,8 @@ class Lab:
             data.update(listen_host=node.address, data_port=node.ports["data"], **node.config)
         elif node.role == "mt":
             data.update(listen_host=node.address, data_port=node.ports["data"],
-                        control_port=node.ports["control"], datastore_dir=str(self.datastore(node.site)))
+                        control_port=node.ports["control"], datastore_dir=str(self.datastore(node.site)),
+                        **node.config)  # advertise (deploy/topology.py)
             if is_loopback(node.address):  # failover views as NBD exports on the MT's own loopback address
                 data["view_nbd_port"] = NBD_PORT
         else:

@@ -201,7 +201,7 @@ class Scenario:
 
     async def points(self) -> list[dict[str, Any]]:
         mt = self.lab.topology.mts[0]
-        client = ApiClient(f"https://{mt.address}:{mt.ports['control']}", tls.client_context(self.lab.admin_files))
+        client = ApiClient(f"https://{mt.advertised}:{mt.ports['control']}", tls.client_context(self.lab.admin_files))
         try:
             reply = await client.get(f"/v1/disks/{self.disk_id}/points", params={"limit": 1_000_000})
         finally:

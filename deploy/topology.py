@@ -31,6 +31,11 @@ class Node:
     config: dict[str, Any] = field(default_factory=dict)  # extra keys of the daemon's config file
     site: str = "onprem"  # onprem | cloud (the lab puts every component in its site on the CS)
 
+    @property
+    def advertised(self) -> str:
+        """The address the daemon registers, so the one in its certificate (``advertise``, else ``address``)."""
+        return str(self.config.get("address", self.address))
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -82,11 +87,23 @@ def _nbd_ports(machine: dict[str, Any]) -> dict[str, int]:
 def _ps_config(ps: dict[str, Any]) -> dict[str, Any]:
     """``cache_mib = N`` on a PS: its cache holds at most N MiB (a small cache throttles early)."""
     if "cache_mib" not in ps:
-        return {}
+        return _advertise(ps)
     mib = int(ps["cache_mib"])
     if mib < 1:
         raise ConfigError(f"PS {ps.get('name')}: cache_mib must be >= 1, not {mib}")
-    return {"cache_max_bytes": mib * MiB}
+    return {"cache_max_bytes": mib * MiB, **_advertise(ps)}
+
+
+def _advertise(entry: dict[str, Any]) -> dict[str, Any]:
+    """``advertise = "HOST"`` on a PS or an MT: the address it registers with the CS, so the one
+    its peers are told (a PS's agents, an MT's PSs), while it still listens on ``address``; same
+    ports. A network drill runs a fault proxy there (deploy/faultproxy.py)."""
+    if "advertise" not in entry:
+        return {}
+    host = entry["advertise"]
+    if not isinstance(host, str) or not host or host.count(":") == 1:  # HOST:PORT is not an address
+        raise ConfigError(f"{entry.get('name')}: advertise must be a host address (the ports stay), not {host!r}")
+    return {"address": host}
 
 
 def load(path: Path = DEFAULT_TOPOLOGY) -> Topology:
@@ -126,7 +143,8 @@ def _hypervisor(hv: dict[str, Any]) -> Node:
 
 def _mts(section: dict[str, Any], site: str) -> tuple[Node, ...]:
     return tuple(Node(m["name"], "mt", m["address"], {"data": int(m.get("data_port", 9443)),
-                                                      "control": int(m.get("control_port", 9080))}, site=site)
+                                                      "control": int(m.get("control_port", 9080))},
+                      config=_advertise(m), site=site)
                  for m in section.get("mt", []))
 
 

@@ -21,7 +21,7 @@ from common.wire import batch as wbatch
 from common.wire import journal as wj
 from mt import seed
 from mt.catalog import Catalog, Point, point_accuracy
-from mt.journal import CommittedBatch, Extent, Journal, crash_point
+from mt.journal import CommittedBatch, Extent, Journal, crash_point, restore_changed
 from mt.replica import Replica
 from mt.staging import DiskStaging, Key
 
@@ -86,6 +86,7 @@ class DiskStore:
         self.applied: Key = (0, 0)
         self.in_resync = False
         self.has_valid = False  # a valid point exists: batches applied now must keep their undo data
+        self.broken: str | None = None  # why applying stopped until a restart (see _abandon)
         self.applied_bytes = 0
         self.lags_ns: deque[int] = deque(maxlen=RECENT)
         # called (segno, offset of the first undo record, [(replica offset, length)] of the records)
@@ -195,33 +196,68 @@ class DiskStore:
         part of the batch in the replica, and the batch — still staged — is applied again in full.
         """
         with self.lock:
+            if self.broken is not None:
+                raise errors.Unavailable(f"applying is stopped until the MT restarts: {self.broken}")
             accuracy, in_resync = point_accuracy(self.in_resync, batch.mode, batch.accuracy, batch.flags)
             extents = self._old_bytes(batch) if self.has_valid else []
-            undo_off = self.journal.append_undo(batch.generation, batch.seq, extents)
-            self.journal.sync()
+            start = self.journal.pos
+            try:
+                undo_off = self.journal.append_undo(batch.generation, batch.seq, extents)
+                self.journal.sync()
+            except OSError:
+                self._abandon(start, start, [])  # no listener saw them: simply gone
+                raise
+            undo_end = self.journal.pos
             for listener in list(self.undo_listeners):
                 listener(self.journal.segno, undo_off, [(off, len(old)) for off, old in extents])
             crash_point("after_journal_fsync")
-            for rec in batch.records:
-                self.replica.write(rec.offset, rec.data)
-            crash_point("after_replica_write")
-            self.replica.sync()
-            crash_point("before_commit")
-            info = wj.CommitInfo(batch.generation, batch.seq, batch.wnum_first, batch.wnum_hi, batch.t_first_ns,
-                                 batch.t_last_ns, received_ns, int(accuracy), batch.flags, len(extents))
-            commit_off = self.journal.append_commit(info)
-            self.journal.sync()
+            try:
+                for rec in batch.records:
+                    self.replica.write(rec.offset, rec.data)
+                crash_point("after_replica_write")
+                self.replica.sync()
+                crash_point("before_commit")
+                first, earlier = self.journal.abandoned or (undo_off, 0)
+                info = wj.CommitInfo(batch.generation, batch.seq, batch.wnum_first, batch.wnum_hi, batch.t_first_ns,
+                                     batch.t_last_ns, received_ns, int(accuracy), batch.flags, earlier + len(extents))
+                commit_off = self.journal.append_commit(info)
+                self.journal.sync()
+                self.journal.abandoned = None  # counted by this commit
+            except OSError:
+                self._abandon(undo_off, undo_end, extents)
+                raise
             nbytes = wbatch.total_data_bytes(batch)
             point = Point(self.disk_id, batch.generation, batch.seq, batch.wnum_first, batch.wnum_hi,
                           batch.t_first_ns, batch.t_last_ns, received_ns, time.time_ns(), int(accuracy),
-                          batch.flags, in_resync, self.journal.segno, undo_off, commit_off, nbytes, checksum)
-            self.catalog.insert(point, batch.tags)
+                          batch.flags, in_resync, self.journal.segno, first, commit_off, nbytes, checksum)
+            # applied from here on (the commit record is the authority): a failing catalog insert
+            # loses no point, open() restores the row from the journal
             self.applied, self.in_resync = point.key, in_resync
             self.has_valid = self.has_valid or accuracy != wbatch.Accuracy.NONE
             self.applied_bytes += nbytes
             self.lags_ns.append(received_ns - batch.t_first_ns)
             self.journal.rotate_if_full()
+            self.catalog.insert(point, batch.tags)
         return Applied(point, nbytes)
+
+    def _abandon(self, undo_off: int, keep: int, extents: list[Extent]) -> None:
+        """An apply failed (ENOSPC: a full volume) before its commit record was durable: the
+        replica gets its old bytes back from ``extents``, the journal forgets what follows
+        ``keep`` and counts the durable undo records into the next commit
+        (:meth:`Journal.note_abandoned`); the batch stays staged and is applied again. If that
+        fails too, applying stops until the MT restarts (open() recovers the same way)."""
+        try:
+            if extents:
+                restore_changed(self.replica, extents)
+                self.replica.sync()
+            self.journal.discard_after(keep)
+            if extents:
+                self.journal.note_abandoned(undo_off, len(extents))
+        except OSError as exc:
+            self.broken = f"an apply that failed could not be rolled back ({exc})"
+            self.log.critical("apply_rollback_failed", error=str(exc))
+            return
+        self.log.warning("apply_abandoned", undo_records=len(extents), journal_pos=keep)
 
     def _old_bytes(self, batch: wbatch.ChangeBatch) -> list[Extent]:
         return [(off, self.replica.read(off, length)) for off, length in merge_extents(batch.records)]

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS points (
     PRIMARY KEY (disk_id, gen, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS points_time ON points (disk_id, t_last_ns);
+CREATE INDEX IF NOT EXISTS points_wnum ON points (disk_id, wnum_hi, gen, seq);  -- machine points (at_wnum)
 CREATE TABLE IF NOT EXISTS point_tags (
     disk_id TEXT NOT NULL, gen INTEGER NOT NULL, seq INTEGER NOT NULL, tag TEXT NOT NULL,
     PRIMARY KEY (disk_id, gen, seq, tag)
@@ -230,12 +231,20 @@ class Catalog:
         return rows[0] if rows else None
 
     def newest_below_wnum(self, disk_id: str, bound: int) -> Point | None:
-        """The newest point with ``wnum_hi < bound`` (machine points)."""
-        return self._first(disk_id, "wnum_hi < ? ORDER BY gen DESC, seq DESC", (bound,))
+        """The newest point with ``wnum_hi < bound`` (machine points): the highest ``wnum_hi``, the
+        newest batch among equals. Not simply the newest batch: a resync by an agent restarted after a
+        crash knows no write number, so its batches carry ``wnum_hi`` 0 (accuracy none / approximate)
+        after points with higher ones, and hold writes above every earlier boundary."""
+        return self._first(disk_id, "wnum_hi < ? ORDER BY wnum_hi DESC, gen DESC, seq DESC", (bound,))
 
     def next_after(self, disk_id: str, gen: int, seq: int) -> Point | None:
         """The point right after (gen, seq)."""
         return self._first(disk_id, "(gen > ? OR (gen = ? AND seq > ?)) ORDER BY gen, seq", (gen, gen, seq))
+
+    def next_write_after(self, disk_id: str, gen: int, seq: int) -> Point | None:
+        """The first point after (gen, seq) holding a client write (``wnum_first`` > 0)."""
+        return self._first(disk_id, "wnum_first > 0 AND (gen > ? OR (gen = ? AND seq > ?)) ORDER BY gen, seq",
+                           (gen, gen, seq))
 
     def first_write_after(self, disk_id: str, t_ns: int) -> Point | None:
         """The first point holding a client write whose last write is later than ``t_ns``."""

@@ -97,11 +97,11 @@ def at_wnum(catalog: Catalog, disk_id: str, wnum: int) -> Point:
     point = catalog.newest_below_wnum(disk_id, wnum + 1)
     if point is None:
         raise errors.NotFound(f"disk {disk_id} has no recovery point at or before wnum {wnum}")
-    nxt = catalog.next_after(disk_id, point.gen, point.seq)
-    if nxt is None and point.wnum_hi < wnum:
+    if catalog.next_after(disk_id, point.gen, point.seq) is None and point.wnum_hi < wnum:
         raise errors.Conflict(f"disk {disk_id} has points up to wnum {point.wnum_hi} only: "
                               f"its state at {wnum} is not known yet")
-    if nxt is not None and nxt.wnum_first and nxt.wnum_first <= wnum:
+    nxt = catalog.next_write_after(disk_id, point.gen, point.seq)  # past a resync's wnum-0 batches
+    if nxt is not None and nxt.wnum_first <= wnum:
         raise errors.Conflict(f"wnum {wnum} is not a boundary of disk {disk_id}: its batch ({nxt.gen}, {nxt.seq}) "
                               f"holds writes {nxt.wnum_first}..{nxt.wnum_hi}")
     valid = _valid(point, {"wnum": wnum})

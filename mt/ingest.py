@@ -21,7 +21,7 @@ from aiohttp import web
 from common import errors, promexport
 from common import logging as dlog
 from common.config import MTConfig
-from common.http import make_app, read_body, require_role
+from common.http import authorize, make_app, read_body, require_role
 from common.tls import Identity
 from common.wire import batch as wbatch
 from common.wire import seal
@@ -32,6 +32,7 @@ from mt.worker import DiskWorker
 log = dlog.get("drlab.mt.ingest")
 
 U64_MAX = (1 << 64) - 1
+BATCH_PATH = "/v1/disks/{disk_id}/batches/{gen}/{seq}"
 
 
 @dataclass
@@ -48,7 +49,7 @@ CONTEXT: web.AppKey[IngestContext] = web.AppKey("mt_ingest", IngestContext)
 def build_data_app(ctx: IngestContext) -> web.Application:
     app = make_app(revoked=ctx.registry.is_revoked, client_max_size=sealed_limit(ctx.cfg.max_batch_bytes))
     app[CONTEXT] = ctx
-    app.router.add_put("/v1/disks/{disk_id}/batches/{gen}/{seq}", put_batch)
+    app.router.add_put(BATCH_PATH, put_batch)
     return app
 
 
@@ -89,7 +90,7 @@ def disk_for(ctx: IngestContext, disk_id: str, ident: Identity) -> tuple[DiskSet
     return disk, worker
 
 
-def open_batch(body: bytes, disk: DiskSettings, key_for: Callable[[int], bytes], gen: int, seq: int,
+def open_batch(body: bytes | bytearray, disk: DiskSettings, key_for: Callable[[int], bytes], gen: int, seq: int,
                max_bytes: int) -> bytes:
     """Open the seal and fully check the change batch inside (CPU: worker thread)."""
     hdr, plain = seal.open_sealed(body, key_for, max_plain=max_bytes)
@@ -105,17 +106,33 @@ def check_generation(worker: DiskWorker, disk: DiskSettings, gen: int) -> None:
         raise errors.StaleGeneration(f"generation {gen} is older than the disk's generation {current}")
 
 
-async def put_batch(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    ident = require_role(request, "ps")
-    disk_id = parse_disk_id(request.match_info["disk_id"])
-    gen = parse_u64(request.match_info["gen"], "generation")
-    seq = parse_u64(request.match_info["seq"], "seq")
+async def admit_batch(ctx: IngestContext, ident: Identity | None, disk_text: str, gen_text: str, seq_text: str,
+                      length: int | None) -> tuple[DiskSettings, DiskWorker, int, int]:
+    """Every check of a batch PUT that does not need its body, in the order of the module
+    docstring (``ident``: the verified, unrevoked caller or None; ``length``: the body's announced
+    length). Returns (disk, worker, generation, seq); raises the refusal."""
+    ident = authorize(ident, ("ps",), "PUT", BATCH_PATH)
+    disk_id = parse_disk_id(disk_text)
+    gen = parse_u64(gen_text, "generation")
+    seq = parse_u64(seq_text, "seq")
     disk, worker = disk_for(ctx, disk_id, ident)
     assert disk is not None  # a PS caller only gets here for a disk in the settings
     check_generation(worker, disk, gen)
-    body = await read_body(request, sealed_limit(ctx.cfg.max_batch_bytes))
+    limit = sealed_limit(ctx.cfg.max_batch_bytes)
+    if length is not None and length > limit:
+        raise errors.TooLarge(f"body of {length} bytes exceeds {limit}")
+    return disk, worker, gen, seq
+
+
+async def ingest_batch(ctx: IngestContext, ident: Identity | None, disk_text: str, gen_text: str, seq_text: str,
+                       body: bytes | bytearray) -> tuple[int, dict[str, int]]:
+    """A batch PUT once its body is here, whatever carried it (this app, or the threaded TLS front
+    via mt/front.py): the checks of :func:`admit_batch` again (the generation may have moved while
+    the body arrived), the seal opened and the batch checked, durable staging. Returns (201 | 200,
+    progress); raises refusals."""
+    disk, worker, gen, seq = await admit_batch(ctx, ident, disk_text, gen_text, seq_text, len(body))
     loop = asyncio.get_running_loop()
+    disk_id = disk.disk_id
     plain = await loop.run_in_executor(ctx.executor, open_batch, body, disk,
                                        lambda epoch: ctx.registry.key_for(disk_id, epoch), gen, seq,
                                        ctx.cfg.max_batch_bytes)
@@ -125,7 +142,18 @@ async def put_batch(request: web.Request) -> web.Response:
         worker.wake()
         log.debug("batch_staged", disk=disk_id, gen=gen, seq=seq, bytes=len(plain))
     received, applied = worker.store.progress(gen)
-    return web.json_response({"mt_received": received, "mt_applied": applied}, status=201 if created else 200)
+    return (201 if created else 200), {"mt_received": received, "mt_applied": applied}
+
+
+async def put_batch(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ident = require_role(request, "ps")
+    route = request.match_info
+    parts = (route["disk_id"], route["gen"], route["seq"])
+    await admit_batch(ctx, ident, *parts, request.content_length)
+    body = await read_body(request, sealed_limit(ctx.cfg.max_batch_bytes))
+    status, document = await ingest_batch(ctx, ident, *parts, body)
+    return web.json_response(document, status=status)
 
 
 def status_of(worker: DiskWorker, disk: DiskSettings | None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The undo journal of one disk: ``journal/{disk_id}/{segno:08d}.seg`` (codec: common.wire.journal).
 
-Crash points for fault-injection tests: ``DRLAB_MT_CRASH_AT=name[:n]`` (or :data:`CRASH_AT`)
-makes the process ``os._exit(137)`` the n-th time (default 1st) it reaches point ``name``.
+Crash points for fault-injection tests (common/crashpoints.py): ``DRLAB_MT_CRASH_AT=name[:n]`` or
+``DRLAB_CRASH_AT=mt.name[:n]`` makes the process ``os._exit(137)`` the n-th time (default 1st) it
+reaches point ``name``.
 """
 
 from __future__ import annotations
@@ -12,29 +13,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import errors, formats, tls
+from common import crashpoints, errors, formats, tls
 from common import logging as dlog
 from common.wire import journal as wj
 from mt.replica import Replica, fsync_dir, write_all
 
 log = dlog.get("drlab.mt.journal")
 
-CRASH_POINTS = ("after_journal_fsync", "after_replica_write", "before_commit", "mid_rollback",
-                "mid_commit", "before_commit_truncate")  # the last two: mt/view.py commit
-CRASH_AT: str | None = os.environ.get("DRLAB_MT_CRASH_AT")
-_crash_hits: dict[str, int] = {}
+CRASH_POINTS = crashpoints.POINTS["mt"]  # the last two: mt/view.py commit
 
 
 def crash_point(name: str) -> None:
-    """Die like ``kill -9`` here when the configured crash point is ``name`` (tests only)."""
-    if not CRASH_AT:
-        return
-    target, _, count = CRASH_AT.partition(":")
-    if target != name:
-        return
-    _crash_hits[name] = _crash_hits.get(name, 0) + 1
-    if _crash_hits[name] >= int(count or 1):
-        os._exit(137)
+    """Die like ``kill -9`` here when the configured MT crash point is ``name`` (tests only)."""
+    crashpoints.hit("mt", name)
 
 
 @dataclass(frozen=True)
@@ -77,6 +68,10 @@ class Journal:
        below it are gone, and the key of the newest pruned point, the *boundary*, which stays a
        valid point without its commit record), then the catalog drops the pruned points, then the
        segments are unlinked. Open removes segments below the floor (a crash's leftovers) first.
+    6. A failed append (ENOSPC on a full volume) never leaves a torn record before a good one: the
+       apply rolls the replica back and cuts the journal back (:meth:`discard_after`); undo records
+       already durable (failover views may have indexed them) stay and the next commit counts them
+       (:meth:`note_abandoned`). Rolling back writes only the pages that differ, so it needs no space.
     """
 
     def __init__(self, directory: Path, disk_id: bytes, segment_max_bytes: int) -> None:
@@ -89,6 +84,7 @@ class Journal:
         self.pins: dict[str, int] = {}  # owner (e.g. a failover view) -> oldest segment it needs
         self.floor = 0  # segments below it are pruned (rule 5)
         self.boundary: tuple[int, int] | None = None  # the newest pruned point (still valid)
+        self.abandoned: tuple[int, int] | None = None  # (offset, count): see note_abandoned
         self.log = log.bind(disk=disk_id.hex())
 
     def __repr__(self) -> str:
@@ -167,8 +163,8 @@ class Journal:
         for i, (offset, old) in enumerate(reversed(extents)):
             if i == half:
                 crash_point("mid_rollback")
-            replica.write(offset, old)
-        replica.sync()
+            restore_changed(replica, [(offset, old)])  # what is already so is not rewritten: a hole
+        replica.sync()                                 # the batch never reached needs no space on a full volume
 
     def _truncate(self, segno: int, keep: int) -> None:
         path = self.path(segno)
@@ -196,7 +192,7 @@ class Journal:
     def _open_for_append(self, segno: int, pos: int) -> None:
         self.close()
         self._fd = os.open(self.path(segno), os.O_WRONLY)
-        self.segno, self.pos = segno, pos
+        self.segno, self.pos, self.abandoned = segno, pos, None
 
     # -- retention (rule 5) ----------------------------------------------------------------------
 
@@ -308,10 +304,31 @@ class Journal:
     def sync(self) -> None:
         os.fdatasync(self._fd)
 
+    def discard_after(self, keep: int) -> None:
+        """Forget what a failed append (ENOSPC, EIO) left after ``keep`` in the current segment:
+        appending continues at ``keep``, so a torn record never sits before a good one."""
+        self._truncate(self.segno, keep)
+        self.pos = keep
+
+    def note_abandoned(self, undo_off: int, count: int) -> None:
+        """``count`` durable undo records at ``undo_off`` belong to an apply that failed and was
+        rolled back: the next commit record counts them (they hold the bytes of that moment, so
+        rolling back through them is exact) and its batch's undo range starts there."""
+        if self.abandoned is None:
+            self.abandoned = (undo_off, count)
+        else:
+            self.abandoned = (self.abandoned[0], self.abandoned[1] + count)
+
     def rotate_if_full(self) -> None:
-        """Between batches only (rule 3)."""
+        """Between batches only (rule 3). A new segment that cannot be created (ENOSPC) is
+        removed again and appending continues in the current one (tried again after the next batch)."""
         if self.pos >= self.segment_max_bytes:
-            self._create(self.segno + 1)
+            try:
+                self._create(self.segno + 1)
+            except OSError as exc:
+                self.path(self.segno + 1).unlink(missing_ok=True)
+                self.log.warning("journal_rotate_failed", segno=self.segno + 1, error=str(exc))
+                return
             self.log.info("journal_rotated", segno=self.segno)
 
     def close(self) -> None:
@@ -333,6 +350,23 @@ def read_undo_range(path: Path, start: int, end: int) -> list[Extent]:
                 raise errors.MalformedBatch(f"commit record inside an undo range at {offset}", code="journal_corrupt")
             extents.append((rec.offset, wj.read_undo_data(f, rec)))
     return extents
+
+
+def restore_changed(replica: Replica, extents: list[Extent], page: int = 4096) -> int:
+    """Write back, newest extent first, only the ``page``-aligned pieces of ``extents`` that differ
+    in the replica; returns the bytes written. After a failed apply (ENOSPC) the pieces the batch
+    never reached stay as they are (a hole stays a hole), so a full volume can still be rolled back."""
+    written = 0
+    for offset, old in reversed(extents):
+        pos, end = offset, offset + len(old)
+        while pos < end:
+            stop = min(end, (pos // page + 1) * page)
+            want = old[pos - offset:stop - offset]
+            if replica.read(pos, len(want)) != want:
+                replica.write(pos, want)
+                written += len(want)
+            pos = stop
+    return written
 
 
 def roll_back(fd: int, extents: list[Extent]) -> None:

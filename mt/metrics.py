@@ -28,6 +28,7 @@ def disk_metrics(worker: DiskWorker, settings_gen: int) -> dict[str, Any]:
             "backlog_batches": batches, "backlog_bytes": nbytes, "applied_bytes": store.applied_bytes,
             "rpo_p50_ms": round(percentile(lags_ms, 50), 3), "rpo_p99_ms": round(percentile(lags_ms, 99), 3),
             "apply_failures": worker.failures,
+            "apply_stopped": store.broken,  # why applying stopped until a restart (mt/apply.py), or None
             # the source time up to which the replica holds every write (RPO = now - this; cs/health)
             "latest_point_ns": latest.t_last_ns if latest is not None else 0,
             # retention (mt/pruner.py): paused / low_space raise retention_low_space (cs/health)

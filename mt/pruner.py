@@ -20,7 +20,7 @@ from typing import Any
 
 from common import logging as dlog
 from common.config import MTConfig
-from mt import retention
+from mt import applylog, retention
 from mt.apply import DiskStore
 from mt.settings import DiskSettings
 
@@ -110,11 +110,13 @@ class Pruner:
         return decision
 
     def _prune(self, decision: retention.Decision) -> None:
-        """Floor marker, catalog rows (all but the boundary), segment files — in this order."""
+        """Apply-log summary (mt/applylog.py), floor marker, catalog rows (all but the boundary),
+        segment files — in this order."""
         store, through = self.store, decision.through
         assert through is not None
         points = store.catalog.in_segments_through(store.disk_id, through)
         boundary = points[-1].key if points else None
+        applylog.note_pruned(store.journal.directory, store.disk_id, through + 1)  # before the floor moves
         store.journal.mark_pruned(through + 1, boundary)
         store.catalog.delete(store.disk_id, [p.key for p in points[:-1]])
         removed = store.journal.remove_pruned()

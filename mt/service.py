@@ -22,10 +22,11 @@ from common import component, errors, tls
 from common import logging as dlog
 from common.config import MTConfig
 from common.daemon import bind_socket
-from common.http import ApiClient
+from common.http import FRONTED, ApiClient
 from mt import hashapi, metrics, release, seed
 from mt.apply import DiskStore
 from mt.catalog import Catalog
+from mt.front import DataFront
 from mt.ingest import IngestContext, build_control_app, build_data_app
 from mt.jobs import JobRunner
 from mt.pruner import Policy, Pruner, Volume
@@ -53,6 +54,7 @@ class MTService:
         self._control: component.ControlPlane | None = None
         self._deleted: set[str] = set()  # disks whose files this run deleted (delete_disks is repeated)
         self.view_nbd: ViewNbd | None = None  # the views as NBD exports, when cfg.view_nbd_port
+        self._front: DataFront | None = None  # the threaded TLS front of the data port (cfg.ingest_front)
 
     def __repr__(self) -> str:
         return f"MTService(id={self.component_id or '?'}, data={self.data_port}, control={self.control_port})"
@@ -81,11 +83,16 @@ class MTService:
         ctx = IngestContext(cfg, self.registry, self.workers, self._executor)
         ssl_ctx = tls.server_context(files)
         data_app = hashapi.install(build_data_app(ctx))  # + GET /v1/disks/{disk}/hashes
+        data_app[FRONTED] = cfg.ingest_front
         for app, sock in ((data_app, self._socks[0]), (build_control_app(ctx), self._socks[1])):
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
             await runner.setup()
-            await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
             self._runners.append(runner)
+            if app is data_app and cfg.ingest_front:  # batches read off the loop (mt/front.py)
+                self._front = DataFront(ctx)
+                await self._front.start(runner, sock, ssl_ctx)
+            else:
+                await web.SockSite(runner, sock, ssl_context=ssl_ctx).start()
         self._control.start()
         log.info("mt_started", component_id=self.component_id, data_port=self.data_port,
                  control_port=self.control_port, disks=len(self.workers))
@@ -195,6 +202,9 @@ class MTService:
         return self._control.cs if self._control else None
 
     async def stop(self) -> None:
+        if self._front is not None:
+            front, self._front = self._front, None
+            await front.stop()
         for runner in self._runners:
             await runner.cleanup()
         self._runners = []

@@ -4,18 +4,20 @@ A file holds the opened, decompressed and checksum-verified change batch. It is 
 unique temp file, fsynced, renamed into place and the directory fsynced before the receipt is
 acknowledged; it is deleted once the batch is applied. Identity is (gen, seq): storing the same
 identity with the same checksum again is a no-op, with another checksum a ChecksumMismatch.
+No space to stage it is :class:`common.errors.Throttled` (507, retried by the PS), leaving no file.
 Blocking: call from a worker thread (thread-safe).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
 import uuid
 from pathlib import Path
 
-from common import errors
+from common import errors, tls
 from common import logging as dlog
 from common.wire import batch as wbatch
 from mt.replica import fsync_dir, read_exact
@@ -90,14 +92,13 @@ class DiskStaging:
             return False
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".{uuid.uuid4().hex}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            tls.write_synced(tmp, data)
+        except OSError as exc:  # nothing is left behind; a full volume is a retriable 507
+            if exc.errno == errno.ENOSPC:
+                raise errors.Throttled("mt_staging_full: no space left to stage the batch",
+                                       retry_after_s=1.0) from exc
+            raise
         with self._lock:
             if key in self._index:
                 tmp.unlink(missing_ok=True)

@@ -91,6 +91,7 @@ class DiskWorker:
             except Exception as exc:  # keep the staged batch; retry after a backoff
                 self.failures += 1
                 self.log.error("apply_failed", error=str(exc), kind=type(exc).__name__, failures=self.failures)
+                self._retained_at = (-1.0, -1)  # a full volume: look at retention before the retry
                 await asyncio.sleep(backoff_s(self.failures, max_s=self._max_backoff_s))
                 self._wake.set()
 

@@ -18,6 +18,10 @@ Rules:
 - The throttle is re-evaluated before each new batch, after each store and after each delete (so
   it lifts as the uploader drains); the filesystem's free space is sampled at most every
   ``fs_check_s``. Starts and stops are logged with their reason.
+- A cached file that is not a whole batch (torn, truncated, garbage appended: its header's
+  length disagrees with its size) is removed when the cache is loaded, and one whose bytes fail
+  their checksum when read for upload is :class:`CacheCorrupt` (the uploader drops it), both
+  logged as errors: the agent sees the gap in what the PS holds and re-sends (agent/psloss.py).
 - A file is deleted only after the MT's durable receipt (the uploader calls :meth:`delete`).
   A delete that a crash undoes only causes an idempotent re-upload.
 
@@ -40,7 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import errors
+import xxhash
+
+from common import errors, tls
 from common import logging as dlog
 from common.wire import batch as wbatch
 from ps.throttle import CACHE, CACHE_FULL, Change, Sample, Throttle, ThrottlePolicy
@@ -52,6 +58,12 @@ TMP_SUFFIX = ".tmp"
 RECENT_DONE = 4096
 
 Key = tuple[int, int]
+
+
+class CacheCorrupt(errors.MalformedBatch):
+    """A cached batch's bytes are damaged (not retriable: the batch must be dropped)."""
+
+    code = "cache_corrupt"
 
 
 @dataclass(frozen=True)
@@ -90,19 +102,24 @@ def write_durable(directory: Path, name: str, data: bytes) -> None:
         fsync_dir(directory.parent)
     tmp = directory / f"{name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        tls.write_synced(tmp, data)
         os.replace(tmp, directory / name)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(directory)
+
+
+def torn_file(head: bytes, size: int) -> str | None:
+    """Why a cached batch file of ``size`` bytes starting with ``head`` is not a whole batch
+    (a torn write or a garbage tail: its header's length disagrees), or None."""
+    try:
+        hdr = wbatch.parse_header(head)
+    except errors.MalformedBatch as exc:
+        return exc.message
+    if hdr.total_len != size:
+        return f"header says {hdr.total_len} bytes, the file has {size}"
+    return None
 
 
 class DiskIndex:
@@ -182,9 +199,15 @@ class BatchCache:
                 continue
             size = path.stat().st_size
             with open(path, "rb") as fh:
-                wbatch.check_stored(f"cached batch {path}", fh.read(6))
+                head = fh.read(wbatch.HEADER_SIZE)
+                wbatch.check_stored(f"cached batch {path}", head)
                 fh.seek(max(0, size - wbatch.TRAILER_SIZE))
                 checksum = fh.read(wbatch.TRAILER_SIZE)
+            why = torn_file(head, size)
+            if why is not None:  # dropped: the agent sees the gap and re-sends (agent/psloss.py)
+                path.unlink(missing_ok=True)
+                log.error("cache_batch_corrupt_removed", path=str(path), gen=key[0], seq=key[1], why=why)
+                continue
             index.add(Entry(key[0], key[1], size, checksum))
 
     # -- queries -------------------------------------------------------------------------------
@@ -222,8 +245,13 @@ class BatchCache:
         return self.root / disk_id / file_name(gen, seq)
 
     def read(self, disk_id: str, entry: Entry) -> bytes:
-        """The cached bytes of a batch (blocking: call in a worker thread)."""
-        return self.path(disk_id, entry.gen, entry.seq).read_bytes()
+        """The cached bytes of a batch, checked against their checksum (CacheCorrupt if they fail
+        it; blocking: call in a worker thread)."""
+        data = self.path(disk_id, entry.gen, entry.seq).read_bytes()
+        end = len(data) - wbatch.TRAILER_SIZE
+        if end < wbatch.HEADER_SIZE or xxhash.xxh3_128_digest(memoryview(data)[:end]) != entry.checksum:
+            raise CacheCorrupt(f"cached batch {entry.gen}/{entry.seq} of disk {disk_id} fails its checksum")
+        return data
 
     # -- throttle ------------------------------------------------------------------------------
 
@@ -313,11 +341,14 @@ class BatchCache:
             raise errors.ChecksumMismatch(f"batch {key[0]}/{key[1]} was already received with another checksum")
         return True
 
-    async def delete(self, disk_id: str, gen: int, seq: int) -> None:
-        """Forget a batch the MT holds durably (or that a newer generation superseded)."""
+    async def delete(self, disk_id: str, gen: int, seq: int, *, remember: bool = True) -> None:
+        """Forget a batch the MT holds durably (or that a newer generation superseded);
+        ``remember=False`` (a corrupt batch): a re-send of it is stored again, not a no-op."""
         index = self._disks.get(disk_id)
         if index is None or index.remove((gen, seq)) is None:
             return
+        if not remember:
+            index.done.pop((gen, seq), None)
         await self._run(self.path(disk_id, gen, seq).unlink, True)
         self.refresh_throttle()
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
-from common import errors, promexport
+from common import crashpoints, errors, promexport
 from common import logging as dlog
 from common.config import PSConfig
-from common.http import make_app, read_body, require_role, role_allows
+from common.http import authorize, make_app, read_body, require_role
 from common.tls import Identity
 from common.wire import batch as wbatch
 from ps import check, prom
@@ -113,10 +113,7 @@ async def admit_batch(ctx: IngestContext, ident: Identity | None, disk_text: str
     """Every check of a batch PUT that does not need its body, in the order of the module
     docstring (``ident``: the verified, unrevoked caller or None; ``length``: the body's announced
     length). Returns (disk, disk id, generation, seq); raises the refusal."""
-    if ident is None:
-        raise errors.Unauthorized("a valid client certificate or operator session is required")
-    if not role_allows(("agent",), ident.role, "PUT"):
-        raise errors.Forbidden(f"role {ident.role} may not call PUT {BATCH_PATH}")
+    ident = authorize(ident, ("agent",), "PUT", BATCH_PATH)
     disk_id = parse_disk_id(disk_text)
     gen = parse_u64(gen_text, "generation")
     seq = parse_u64(seq_text, "seq")
@@ -140,6 +137,8 @@ async def ingest_batch(ctx: IngestContext, ident: Identity | None, disk_text: st
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(ctx.executor, validate, body, disk, gen, seq, ctx.cfg.max_batch_bytes)
     created = await ctx.cache.store(disk_id, gen, seq, body)  # type: ignore[arg-type]  # bytes-like
+    if created:
+        crashpoints.hit("ps", "after_cache_write")  # durable here, the agent has no ack yet
     ctx.registry.progress_of(disk_id).stored(gen, seq)
     if created:
         log.debug("batch_cached", disk=disk_id, gen=gen, seq=seq, bytes=len(body))

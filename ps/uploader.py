@@ -20,11 +20,11 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from common import errors
+from common import crashpoints, errors
 from common import logging as dlog
 from common.http import ApiClient, backoff_s
 from common.wire.seal import Sealer
-from ps.cache import BatchCache, Entry
+from ps.cache import BatchCache, CacheCorrupt, Entry
 from ps.state import DiskSettings, Registry
 from ps.uplink import Proxy, Uplink
 
@@ -178,6 +178,10 @@ class DiskPipeline:
                 blog.warning("batch_superseded", error=exc.message)
                 await self._cache.delete(self.disk_id, entry.gen, entry.seq)
                 return
+            except CacheCorrupt as exc:  # never sent: the agent sees the gap and re-sends (ps/cache.py)
+                blog.error("cache_batch_corrupt_dropped", error=exc.message)
+                await self._cache.delete(self.disk_id, entry.gen, entry.seq, remember=False)
+                return
             except Exception as exc:  # never skip a batch: log, back off and retry
                 attempt += 1
                 self._clients.uplink.failed(exc)
@@ -206,6 +210,7 @@ class DiskPipeline:
         await self._clients.uplink.throttle(len(sealed))  # the bandwidth limit, if any
         _, reply = await self._clients.get(disk.mt_url).request("PUT", path, data=sealed, headers=OCTET)
         self._clients.uplink.succeeded()
+        crashpoints.hit("ps", "after_upload")  # the MT holds it durably, the cache file is not released
         progress = self._registry.progress_of(self.disk_id)
         progress.observe_mt(entry.gen, *mt_numbers(reply))
         progress.uploaded_bytes += len(sealed)

@@ -138,11 +138,21 @@ def info_payload(disks: list[dict[str, Any]]) -> bytes:
 
 
 def parse_info(payload: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
+    """The disks of an INFO reply; BlockProtocolError unless it is ``{"disks": [...]}`` whose items
+    have an int ``index``, a str ``name`` and an int ``size_bytes`` (deep nesting included)."""
     try:
         doc = json.loads(bytes(payload))
         disks = doc["disks"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BlockProtocolError(f"bad INFO payload: {exc}") from exc
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise BlockProtocolError(f"bad INFO payload: {str(exc)[:200]}") from exc
     if not isinstance(disks, list):
         raise BlockProtocolError("bad INFO payload: disks is not a list")
+    for disk in disks:
+        if not (isinstance(disk, dict) and _is_int(disk.get("index")) and isinstance(disk.get("name"), str)
+                and _is_int(disk.get("size_bytes"))):
+            raise BlockProtocolError("bad INFO payload: a disk needs an int index, a str name, an int size_bytes")
     return disks
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -19,7 +19,9 @@ the same key, generation and sender id.
 :func:`open_sealed` rejects with :class:`common.errors.MalformedBatch` anything malformed and
 with :class:`common.errors.TamperedSeal` anything that fails authentication (which includes a
 wrong key for the epoch). It also checks that the inner change batch's header names the same
-disk, generation and seq as the seal.
+disk, generation and seq as the seal. Bounds are checked before decrypting: ``plain_len`` at most
+``max_plain``, and for a compressed payload at most :data:`LZ4_MAX_RATIO` times the payload (no
+lz4 frame inflates more), so a small seal never makes the receiver allocate a large buffer.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ KEY_LEN = 32
 ID_LEN = 16
 FLAG_COMPRESSED = 1
 MAX_PLAIN = 64 << 20
+LZ4_MAX_RATIO = 255  # an lz4 frame never inflates more than this: plain_len above it is refused unread
 INFO_PREFIX = b"drlab-seal-v1"
 _COUNTER_LIMIT = (1 << 64) - 1  # counters 0 .. 2**64-2 are usable
 _CACHE_SIZE = 256
@@ -202,7 +205,8 @@ def parse_header(buf: bytes | bytearray | memoryview, *, max_plain: int = MAX_PL
     if not wbatch.HEADER_SIZE + wbatch.TRAILER_SIZE <= plain_len <= max_plain:
         raise MalformedBatch(f"plain_len {plain_len} out of bounds (max {max_plain})")
     payload_len = cipher_len - TAG_SIZE
-    if payload_len > _payload_bound(plain_len) or (not flags & FLAG_COMPRESSED and payload_len != plain_len):
+    if payload_len > _payload_bound(plain_len) or (not flags & FLAG_COMPRESSED and payload_len != plain_len) \
+            or plain_len > LZ4_MAX_RATIO * payload_len:  # a tiny payload never makes plain_len bytes
         raise MalformedBatch(f"payload of {payload_len} bytes inconsistent with plain_len {plain_len}")
     return SealHeader(flags, epoch, bytes(disk_id), gen, seq, bytes(sender), inc, counter, plain_len, cipher_len)
 

@@ -102,13 +102,21 @@ def decode_header(buf: bytes) -> LogHeader | None:
     (crc,) = _CRC.unpack_from(buf, end)
     if crc != zlib.crc32(buf[:end]):
         raise WriteLogError("write log header crc mismatch")
+    return LogHeader(seed, _profile(profile_id, buf[HEADER.size:end]), end + _CRC.size)
+
+
+def _profile(profile_id: int, raw: bytes) -> Profile:
+    """The header's data profile; WriteLogError for an unknown id or params that are not a JSON
+    object with numeric shares (hostile nesting included)."""
     try:
-        params = json.loads(buf[HEADER.size:end])
-    except ValueError as exc:
-        raise WriteLogError(f"bad profile params: {exc}") from exc
-    if not isinstance(params, dict):
-        raise WriteLogError("profile params are not an object")
-    return LogHeader(seed, profile_from_id(profile_id, params), end + _CRC.size)
+        params = json.loads(raw)
+        if not isinstance(params, dict):
+            raise WriteLogError("profile params are not an object")
+        prof = profile_from_id(profile_id, params)
+        prof.zero_share + prof.text_share  # noqa: B018 - both must be numbers
+    except (ValueError, TypeError, RecursionError, ConfigError) as exc:
+        raise WriteLogError(f"bad profile params: {str(exc)[:200]}") from exc
+    return prof
 
 
 def encode_record(rec: LogRecord) -> bytes:
@@ -119,7 +127,9 @@ def encode_record(rec: LogRecord) -> bytes:
 
 
 def decode_record(buf: bytes | memoryview, pos: int = 0) -> LogRecord | None:
-    """The record at ``pos``; None if its crc or fields are bad."""
+    """The record at ``pos``; None if it is cut short or its crc or fields are bad."""
+    if len(buf) - pos < RECORD.size or pos < 0:
+        return None
     wnum, disk, kind, reserved, offset, length, ack_ns, crc = RECORD.unpack_from(buf, pos)
     if crc != zlib.crc32(buf[pos:pos + RECORD.size - 4]) or kind not in _KINDS or reserved:
         return None

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from common import errors, http
 from cs import alerts
-from cs.api import spec
+from cs.api import paging, spec
 from cs.state import state_of
 
 QUERY = ("active", "limit", "before", "cursor")
@@ -27,9 +27,7 @@ def _flag(text: str | None) -> bool | None:
 def _int(text: str | None, what: str, default: int | None, high: int) -> int | None:
     if text is None:
         return default
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= high:
-        raise errors.BadRequest(f"{what} must be an integer in [1, {high}]")
-    return int(text)
+    return paging.bounded_int(text, what, high)
 
 
 @spec.route(roles=spec.ADMIN, response=spec.page_of(ALERT), tags=("alerts",),

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from common import errors, http
 from cs import components, jobs, plan_jobs, validate
-from cs.api import spec
+from cs.api import paging, spec
 from cs.state import state_of
 
 QUERY = ("state", "kind", "target_id", "limit", "before", "cursor")
@@ -20,9 +20,7 @@ KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
 def _limit(text: str | None) -> int:
     if text is None:
         return 100
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
-        raise errors.BadRequest(f"limit must be an integer in [1, {MAX_PAGE}]")
-    return int(text)
+    return paging.bounded_int(text, "limit", MAX_PAGE)
 
 
 @spec.route(roles=spec.ADMIN, response=spec.page_of(spec.ANY_OBJ), tags=("jobs",),

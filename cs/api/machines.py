@@ -7,7 +7,7 @@ from aiohttp import web
 
 from common import errors, http
 from cs import components, machine_ops, machines, planned, validate
-from cs.api import spec
+from cs.api import paging, spec
 from cs.state import state_of
 
 LIST_QUERY = ("limit",)
@@ -35,9 +35,7 @@ def list_limit(request: web.Request) -> int:
     if unknown:
         raise errors.BadRequest(f"unknown query parameter {unknown[0][:64]!r}; known: {', '.join(LIST_QUERY)}")
     text = request.query.get("limit", "100")
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= machines.MAX_LIST:
-        raise errors.BadRequest(f"limit must be an integer in [1, {machines.MAX_LIST}]")
-    return int(text)
+    return paging.bounded_int(text, "limit", machines.MAX_LIST)
 
 
 POINT = {"type": ["string", "object"]}

@@ -40,6 +40,14 @@ def check_query(query: Mapping[str, str], known: Sequence[str]) -> None:
         raise errors.BadRequest(f"unknown query parameter {unknown[0][:64]!r}; known: {', '.join(known)}")
 
 
+def bounded_int(text: str, what: str, high: int) -> int:
+    """``text`` as an integer in [1, ``high``]; 400 otherwise (also for thousands of digits, which
+    ``int()`` itself refuses with a ValueError: the length is checked first)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or not 1 <= int(text) <= high:
+        raise errors.BadRequest(f"{what} must be an integer in [1, {high}]")
+    return int(text)
+
+
 def parse(query: Mapping[str, str], *, max_limit: int = MAX_PAGE, default: int = DEFAULT_PAGE) -> Page:
     """``limit`` in [1, max_limit] (default ``default``) and the decoded ``cursor``; 400 otherwise."""
     text = query.get("limit")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +17,7 @@ SETTINGS_VERSION = "settings_version"
 AUTH_KEY = "auth_key_b64"
 AUTH_SALT = "auth_salt_b64"
 AUTH_KDF = "auth_kdf"
+SEALED = "sealed:"  # prefix of a value sealed with the account store's key
 SETTINGS_CHANNEL = "drlab_settings"  # PostgreSQL NOTIFY channel of settings_version (cs/db/engine.py Listener)
 
 
@@ -59,19 +61,47 @@ async def bump_version(session: AsyncSession) -> int:
     return version
 
 
-async def store_auth(session: AsyncSession, params: AuthParams) -> None:
-    await put(session, AUTH_KEY, base64.b64encode(params.key).decode())
+class Sealer(Protocol):
+    """The account store's key (cs/accounts.py StoreKey): AES-GCM bound to a name."""
+
+    def seal(self, name: str, password: str) -> str: ...
+
+    def open(self, name: str, sealed: str) -> str: ...
+
+
+def _seal_key(sealer: Sealer, key: bytes) -> str:
+    return SEALED + sealer.seal(AUTH_KEY, base64.b64encode(key).decode())
+
+
+async def store_auth(session: AsyncSession, params: AuthParams, sealer: Sealer) -> None:
+    """The derived key is kept sealed with ``sealer`` (the account store's key, in the CS's data
+    directory): a copy of the database alone does not let anyone register a component."""
+    await put(session, AUTH_KEY, _seal_key(sealer, params.key))
     await put(session, AUTH_SALT, base64.b64encode(params.salt).decode())
     await put(session, AUTH_KDF, json.dumps(params.kdf))
 
 
-async def load_auth(session: AsyncSession) -> AuthParams:
+async def load_auth(session: AsyncSession, sealer: Sealer) -> AuthParams:
+    """The passphrase's parameters; a key stored in clear (before sealing existed) is still read
+    (:func:`seal_auth_key` seals it at the CS's start)."""
     rows = {r.key: r.value for r in (await session.scalars(
         select(Meta).where(Meta.key.in_([AUTH_KEY, AUTH_SALT, AUTH_KDF])))).all()}
     if len(rows) != 3:
         raise errors.ConfigError("the CS database is not initialised (run `drlab cs init`)")
-    return AuthParams(key=base64.b64decode(rows[AUTH_KEY]), salt=base64.b64decode(rows[AUTH_SALT]),
+    stored = rows[AUTH_KEY]
+    key_b64 = sealer.open(AUTH_KEY, stored.removeprefix(SEALED)) if stored.startswith(SEALED) else stored
+    return AuthParams(key=base64.b64decode(key_b64), salt=base64.b64decode(rows[AUTH_SALT]),
                       kdf={k: int(v) for k, v in json.loads(rows[AUTH_KDF]).items()})
+
+
+async def seal_auth_key(session: AsyncSession, sealer: Sealer) -> bool:
+    """Seal a derived key an older CS stored in clear (True if it did); refuses an uninitialised
+    database."""
+    params = await load_auth(session, sealer)
+    if (await get(session, AUTH_KEY) or "").startswith(SEALED):
+        return False
+    await put(session, AUTH_KEY, _seal_key(sealer, params.key))
+    return True
 
 
 async def is_initialised(session: AsyncSession) -> bool:

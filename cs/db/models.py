@@ -91,7 +91,7 @@ class Disk(Base):
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     ps_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     mt_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
-    key_b64: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_b64: Mapped[str | None] = mapped_column(String(128), nullable=True)  # sealed (cs/diskkeys.py)
     key_epoch: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(32), default="unprotected")
     percent: Mapped[float] = mapped_column(Float, default=0.0)

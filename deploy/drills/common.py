@@ -31,6 +31,8 @@ class DrillParams:
     prefill_fraction: float = 0.25
     seed: int = field(default_factory=lambda: random.randrange(1, 2**31))
     alternate: bool = False  # failback to a new on-prem machine (an alternate location), not the original
+    cycles: int = 5  # the chaos drill's kill cycles
+    report: Path | None = None  # the chaos drill's JSON summary
 
 
 Body = Callable[[Lab, Any, Scenario, DrillParams, Steps], Awaitable[None]]

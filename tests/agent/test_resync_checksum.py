@@ -67,7 +67,7 @@ def test_parse_hashes_accepts_a_capped_answer_and_refuses_others() -> None:
 
 
 def test_hash_block_size_is_checked_in_the_config() -> None:
-    assert AgentConfig().hash_block_bytes == 1 << 20
+    assert AgentConfig().hash_block_bytes == 64 << 10
     for bad in ({"hash_block_bytes": 5000}, {"hash_block_bytes": 2048}, {"hash_block_bytes": 128 << 20},
                 {"hash_block_bytes": 1 << 20, "hash_request_bytes": 4096}, {"hot_hash_block_bytes": 5000},
                 {"hot_hash_block_bytes": 1 << 20, "hash_request_bytes": 512 << 10}):

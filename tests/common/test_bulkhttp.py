@@ -4,6 +4,7 @@ worker threads, with ApiClient's answers and errors; small ones still go through
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import threading
 import time
@@ -162,3 +163,27 @@ async def test_close_fails_a_request_in_progress_at_once(server: Server) -> None
             break
         await asyncio.sleep(0.05)
     assert not any(t.name.startswith("bulk-http") for t in threading.enumerate())
+
+
+async def test_close_fails_a_request_stuck_in_its_tls_handshake_at_once(server: Server) -> None:
+    """A peer that accepts and goes silent (a half-open path): the request waits in the TLS
+    handshake, where http.client holds no socket object; close() still ends it at once."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    accepting = threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True)
+    accepting.start()
+    client = ApiClient(f"https://127.0.0.1:{silent.getsockname()[1]}", server.client_ctx, timeout_s=25,
+                       bulk_threads=1)
+    try:
+        stuck = asyncio.create_task(client.request("PUT", "/v1/b/1", data=bytes(BULK_MIN_BYTES)))
+        await asyncio.to_thread(accepting.join, 5)
+        await asyncio.sleep(0.2)
+        assert held and not stuck.done()
+        started = time.monotonic()
+        await client.close()
+        with pytest.raises(errors.TransportError):
+            await stuck
+        assert time.monotonic() - started < 3.0
+    finally:
+        for sock in (*held, silent):
+            sock.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 
 from common import errors, tls
@@ -236,3 +237,25 @@ async def test_stop_ends_the_connection_threads(world: World) -> None:
     await asyncio.to_thread(world.front.stop)
     assert time.monotonic() - started < 3
     assert not world.front._live
+
+
+async def test_refusals_of_the_front_itself_are_logged(world: World, tmp_path: Path) -> None:
+    foreign = tls.IdentityFiles(tmp_path / "foreign")
+    tls.issue_local(*tls.make_ca(), foreign, component_id="ff" * 16, role="agent", hosts=["127.0.0.1"], meta={})
+    world.ctx["foreign"] = tls.client_context(foreign, ca_pem=None)
+    world.ctx["foreign"].check_hostname, world.ctx["foreign"].verify_mode = False, ssl.CERT_NONE
+    with structlog.testing.capture_logs() as events:
+        await asyncio.to_thread(world.raw, "agent", b"BLAH\r\n\r\n", 5.0)
+        await asyncio.to_thread(world.raw, "agent", b"GET /whoami HTTP/1.1\r\nHost", 5.0)
+        try:  # TLS 1.3: the refusal may arrive after the client's side of the handshake
+            answer = await asyncio.to_thread(world.raw, "foreign", b"GET /whoami HTTP/1.1\r\n\r\n", 5.0)
+        except (ssl.SSLError, ConnectionError):
+            answer = b""
+        assert answer == b""
+        for _ in range(200):  # the handshake's refusal is logged by the front's thread
+            if any(e["event"] == "tls_handshake_refused" for e in events):
+                break
+            await asyncio.sleep(0.05)
+    refused = sorted((e["status"], e["code"]) for e in events if e["event"] == "request_refused")
+    assert refused == [(400, "bad_request"), (408, "timeout")]
+    assert [e for e in events if e["event"] == "tls_handshake_refused"]

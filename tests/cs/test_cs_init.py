@@ -19,6 +19,7 @@ import pytest
 
 from common import auth, component, errors, tls
 from common.config import CSConfig
+from cs import accounts
 from cs.init import init_cs
 from cs.service import CSService
 
@@ -44,7 +45,9 @@ async def test_init_creates_everything_once(tmp_path: Path) -> None:
     assert tables >= {"meta", "components", "challenges", "disks", "jobs"}
     kdf = json.loads(rows["auth_kdf"])
     key = auth.derive_key(phrase, base64.b64decode(rows["auth_salt_b64"]), **kdf)
-    assert base64.b64decode(rows["auth_key_b64"]) == key
+    sealed = rows["auth_key_b64"]  # sealed with the account store's key: not in clear at rest
+    assert sealed.startswith("sealed:") and base64.b64encode(key).decode() not in json.dumps(rows)
+    assert base64.b64decode(accounts.load_key(d).open("auth_key_b64", sealed.removeprefix("sealed:"))) == key
     assert phrase.value not in json.dumps(rows)
     with pytest.raises(errors.ConfigError):
         await init_cs(cfg, hosts=["127.0.0.1"])

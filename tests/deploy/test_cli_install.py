@@ -14,6 +14,7 @@ import pytest
 from common import auth, component, tls
 from common.config import AgentConfig, MTConfig, PSConfig, load
 from common.http import ApiClient
+from cs import accounts
 from cs.registration import rotate_passphrase
 from deploy import cli
 from mt.service import MTService
@@ -167,7 +168,8 @@ async def test_reregister_after_a_rotation_keeps_the_id_and_the_cache(cs_env: An
     cached = _files_of(ps_dir)
     assert cached
     assert env.service.state is not None
-    passphrase, _ = await rotate_passphrase(env.service.state.db)
+    state = env.service.state
+    passphrase, _ = await rotate_passphrase(state.db, accounts.load_key(state.cfg.data_dir))
     new_file = tmp_path / "new-passphrase.txt"
     new_file.write_text(passphrase.value + "\n")
     wrong = tmp_path / "old.txt"

@@ -42,3 +42,24 @@ def test_percentile_and_table() -> None:
     assert report.percentile([], 50) == 0.0
     text = report.table(["a", "bb"], [[1, "x"], ["long", 2]])
     assert "| long | 2  |" in text
+
+
+def test_advertise_is_the_registered_address_and_the_bind_address_stays(tmp_path: Path) -> None:
+    from deploy.lab import Lab
+
+    path = tmp_path / "lab.toml"
+    path.write_text('[cloud]\ncs = { address = "127.0.2.1" }\n'
+                    'mt = [{ name = "mt1", address = "127.0.2.2", advertise = "127.0.2.202" }]\n'
+                    '[onprem]\nps = [{ name = "ps1", address = "127.0.1.1", advertise = "127.0.1.201", '
+                    'cache_mib = 4 }]\n')
+    topo = load(path)
+    lab = Lab(topo, tmp_path / "lab")
+    mt, ps = lab.config_for(topo.mts[0]), lab.config_for(topo.pss[0])
+    assert (mt["listen_host"], mt["address"]) == ("127.0.2.2", "127.0.2.202")
+    assert (ps["listen_host"], ps["address"], ps["cache_max_bytes"]) == ("127.0.1.1", "127.0.1.201", 4 << 20)
+    assert (topo.mts[0].advertised, topo.cs.advertised) == ("127.0.2.202", "127.0.2.1")
+    for bad in ('"127.0.1.201:9443"', '""', "7"):
+        path.write_text('[cloud]\ncs = { address = "127.0.2.1" }\nmt = [{ name = "mt1", address = "127.0.2.2" }]\n'
+                        f'[onprem]\nps = [{{ name = "ps1", address = "127.0.1.1", advertise = {bad} }}]\n')
+        with pytest.raises(errors.ConfigError, match="advertise"):
+            load(path)

@@ -33,9 +33,9 @@ class Machine:
 
 def write_topology(path: Path, net: int, disk_mib: int = 32, pss: int = 1, *,
                    machines: list[Machine] | None = None, ps_extra: str = "", way_back: bool = False,
-                   extra: str = "") -> Path:
-    """A lab of one CS, one MT, ``pss`` process servers (``ps_extra``: more keys of each, e.g.
-    ``", cache_mib = 8"``) and ``machines`` (default: one with one disk of ``disk_mib``);
+                   extra: str = "", mt_extra: str = "") -> Path:
+    """A lab of one CS, one MT (``mt_extra``: more keys of it), ``pss`` process servers (``ps_extra``:
+    more keys of each, e.g. ``", cache_mib = 8"``) and ``machines`` (default: one with one disk of ``disk_mib``);
     ``way_back``: also a cloud PS and an on-prem MT (reprotect and failback); ``extra``: more
     TOML at the end (e.g. ``[[onprem.hypervisors]]``)."""
     ps_list = ", ".join(f'{{ name = "ps{i}", address = "127.{net}.1.{i}", data_port = 9443{ps_extra} }}'
@@ -47,7 +47,7 @@ def write_topology(path: Path, net: int, disk_mib: int = 32, pss: int = 1, *,
     path.write_text(f"""
 [cloud]
 cs = {{ address = "127.{net}.2.1", port = 443 }}
-mt = [{{ name = "mt1", address = "127.{net}.2.2", data_port = 9443, control_port = 9080 }}]
+mt = [{{ name = "mt1", address = "127.{net}.2.2", data_port = 9443, control_port = 9080{mt_extra} }}]
 {cloud_back}[onprem]
 ps = [{ps_list}]
 {onprem_back}""" + "".join(m.toml() for m in hosts) + extra)

@@ -5,30 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 
 import pytest
 
 from deploy.lab import Lab
-from deploy.scenario import Scenario
-
-
-def seed_for_test() -> int:
-    seed = int(os.environ.get("DRLAB_SEED") or random.randrange(1, 2**31))
-    print(f"DRLAB_SEED={seed}")
-    return seed
-
-
-async def start_protected(lab: Lab) -> tuple[Scenario, object]:
-    sc = Scenario(lab, seed_for_test())
-    await lab.init()
-    lab.write_configs()
-    await asyncio.to_thread(sc.prefill, 0.25)
-    await lab.up()
-    admin = lab.admin()
-    await admin.__aenter__()
-    await sc.protect(admin, timeout_s=90)
-    return sc, admin
+from tests.integration.labdrills import start_protected
 
 
 @pytest.mark.timeout(240)

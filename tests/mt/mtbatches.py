@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from common.wire import batch as wbatch
 
@@ -51,3 +55,27 @@ class BatchMaker:
         self.images[(self.gen, self.seq)] = bytes(self.image)
         self.t_ns += 1_000_000
         return wbatch.encode(batch)
+
+
+APPLY_CHILD = """
+import sys
+from pathlib import Path
+from mt.apply import DiskStore
+from mt.catalog import Catalog
+data_dir = Path(sys.argv[1])
+store = DiskStore(sys.argv[2], data_dir, Catalog(data_dir / "catalog.db"), int(sys.argv[3]), 1 << 30)
+store.open()
+while store.apply_next() is not None:
+    pass
+sys.exit(3)
+"""
+
+
+def run_apply_child(data_dir: Path, disk_id: str, env: dict[str, str], size: int = DISK_SIZE) -> int:
+    """Open the disk's store in a child process and apply every staged batch; returns its exit code
+    (3: all applied; 137: a crash point set in ``env``, common/crashpoints.py, killed it). Crash
+    point variables of this process are not passed on."""
+    clean = {k: v for k, v in os.environ.items() if "CRASH_AT" not in k}
+    full = {**clean, **env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run([sys.executable, "-c", APPLY_CHILD, str(data_dir), disk_id, str(size)], env=full,
+                          capture_output=True, timeout=50, check=False).returncode

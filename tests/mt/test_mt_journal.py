@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from mtbatches import DISK_SIZE, BatchMaker
+from mtbatches import DISK_SIZE, BatchMaker, run_apply_child
 
 from common.wire import journal as wj
 from common.wire.batch import Accuracy, Flags, Mode
@@ -19,7 +15,6 @@ from mt.failover import choose_point, make_image
 from mt.journal import CRASH_POINTS
 
 DISK = "ab" * 16
-REPO = Path(__file__).resolve().parents[2]
 
 
 def open_store(data_dir: Path, segment_max_bytes: int = 1 << 30) -> DiskStore:
@@ -78,25 +73,8 @@ def test_point_for_time_is_the_image_after_the_batch_at_that_time(tmp_path: Path
     store.close()
 
 
-CHILD = textwrap.dedent("""
-    import sys
-    from pathlib import Path
-    from mt.apply import DiskStore
-    from mt.catalog import Catalog
-    data_dir = Path(sys.argv[1])
-    store = DiskStore(sys.argv[2], data_dir, Catalog(data_dir / "catalog.db"), int(sys.argv[3]), 1 << 30)
-    store.open()
-    while store.apply_next() is not None:
-        pass
-    sys.exit(3)
-""")
-
-
 def run_child(data_dir: Path, crash_at: str) -> int:
-    env = dict(os.environ, DRLAB_MT_CRASH_AT=crash_at, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(data_dir), DISK, str(DISK_SIZE)], env=env,
-                          capture_output=True, text=True, timeout=50, check=False)
-    return proc.returncode
+    return run_apply_child(data_dir, DISK, {"DRLAB_MT_CRASH_AT": crash_at})  # the MT's own variable
 
 
 @pytest.mark.parametrize("crash_at", ["after_journal_fsync", "after_replica_write", "before_commit"])

@@ -58,9 +58,10 @@ class World:
         return {"disks": [{"disk_id": DISK, "ps_id": PS_ID, "generation": gen, "size_bytes": DISK_SIZE,
                            "key_epoch": 1, "key_b64": base64.b64encode(KEY).decode()}], "jobs": jobs or []}
 
-    async def call(self, who: str, method: str, url: str, data: bytes | None = None) -> tuple[int, Any]:
+    async def call(self, who: str, method: str, url: str, data: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ctx[who])) as session:
-            async with session.request(method, url, data=data) as resp:
+            async with session.request(method, url, data=data, headers=headers) as resp:
                 return resp.status, await resp.json()
 
     async def put(self, gen: int, seq: int, sealed: bytes, who: str = "ps") -> tuple[int, Any]:
@@ -80,7 +81,8 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+async def world(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    """An MT with a stand-in CS; ``request.param`` (indirect, default True): its ``ingest_front``."""
     ca = tls.make_ca()
     cs = FakeCS()
     cs_url = await cs.start(issue(ca, tmp_path / "cs-id", "55" * 16, "cs", {}))
@@ -90,7 +92,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     for name, cid, role in (("ps", PS_ID, "ps"), ("other", OTHER_PS, "ps"), ("admin", ADMIN_ID, "admin")):
         ctx[name] = tls.client_context(issue(ca, tmp_path / f"{name}-id", cid, role, {"component_id": cid}))
     cfg = MTConfig(data_dir=data_dir, cs_url=cs_url, data_port=0, control_port=0, heartbeat_interval_s=0.2,
-                   settings_wait_s=1.0, segment_max_bytes=64 * 1024, retry_max_backoff_s=0.2)
+                   settings_wait_s=1.0, segment_max_bytes=64 * 1024, retry_max_backoff_s=0.2,
+                   ingest_front=getattr(request, "param", True))
     w = World(cs, MTService(cfg), cfg, ctx, BatchMaker(bytes.fromhex(DISK), seed=4),
               Sealer(KEY, 1, bytes.fromhex(DISK), 1, bytes.fromhex(PS_ID)))
     cs.publish(w.document())
@@ -122,6 +125,7 @@ async def test_batches_are_staged_applied_and_listed(world: World) -> None:
     assert beat["disks"][DISK]["applied_bytes"] > 0 and "rpo_p99_ms" in beat["disks"][DISK]
 
 
+@pytest.mark.parametrize("world", [True, False], ids=["front", "asyncio-tls"], indirect=True)
 async def test_idempotent_resend_mismatch_and_stale_generation(world: World) -> None:
     data = world.maker.make()
     sealed = world.sealer.seal(1, data)
@@ -142,6 +146,7 @@ async def test_idempotent_resend_mismatch_and_stale_generation(world: World) -> 
     assert world.staged() == []
 
 
+@pytest.mark.parametrize("world", [True, False], ids=["front", "asyncio-tls"], indirect=True)
 async def test_refusals_stage_nothing(world: World) -> None:
     data = world.maker.make()
     sealed = world.sealer.seal(1, data)

@@ -189,3 +189,25 @@ async def test_stop_is_never_lost_when_a_wake_races_it(rig: Rig) -> None:
             await pipeline.stop()
         assert pipeline._task is not None and pipeline._task.done()
         pipeline.start()
+
+
+@pytest.mark.timeout(60)
+async def test_a_cached_batch_that_fails_its_checksum_is_dropped_not_sent(rig: Rig) -> None:
+    """Bit rot in a cache file (same size, so loading keeps it): the upload reads it, sees the
+    checksum fail, drops it without sending and without remembering it, so the agent's re-send
+    (agent/psloss.py sees the gap) is stored again; the batches around it go on."""
+    sent = {}
+    for seq in (1, 2, 3):
+        sent[seq] = make_batch(DISK, 1, seq, data=os.urandom(8192))
+        await rig.cache.store(DISK, 1, seq, sent[seq])
+    path = rig.cache.path(DISK, 1, 2)
+    raw = bytearray(path.read_bytes())
+    raw[200] ^= 0x40
+    path.write_bytes(bytes(raw))
+    await rig.serve()
+    for seq in (1, 2, 3):
+        rig.registry.progress_of(DISK).stored(1, seq)
+    rig.uploaders.notify(DISK)
+    await wait_until(lambda: len(rig.mt.received) == 2 and rig.cache.backlog(DISK) == (0, 0))
+    assert set(rig.mt.received) == {(1, 1), (1, 3)}
+    assert await rig.cache.store(DISK, 1, 2, sent[2]) is True

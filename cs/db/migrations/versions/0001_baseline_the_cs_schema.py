@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Down revision: None
-Create Date: 2026-11-30 04:36:32.933692
+Create Date: 2026-11-30 09:53:17.774586
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def upgrade() -> None:
         sa.Column("generation", sa.BigInteger(), nullable=False),
         sa.Column("ps_id", sa.String(length=32), nullable=True),
         sa.Column("mt_id", sa.String(length=32), nullable=True),
-        sa.Column("key_b64", sa.String(length=64), nullable=True),
+        sa.Column("key_b64", sa.String(length=128), nullable=True),
         sa.Column("key_epoch", sa.Integer(), nullable=False),
         sa.Column("state", sa.String(length=32), nullable=False),
         sa.Column("percent", sa.Float(), nullable=False),
