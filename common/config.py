@@ -152,6 +152,8 @@ class PSConfig(ComponentConfig):
     upload_threads: int = 2
     cache_max_bytes: int = 8 * 1024 * MiB
     max_batch_bytes: int = 64 * MiB
+    # the newest cached batches kept in memory for their upload (ps/cache.py), for all disks
+    cache_memory_bytes: int = 64 * MiB
     # True: the data port is served by the threaded TLS front (common/batchfront.py, ps/front.py), which
     # reads batch bodies off the event loop and relays other requests to the data app on a private unix
     # socket; False: the data app serves the port itself over asyncio's TLS.
@@ -180,6 +182,8 @@ class PSConfig(ComponentConfig):
             raise ConfigError("need disk_backlog_max_bytes >= 1 and 0 <= disk_backlog_resume_pct <= 100")
         if self.throttle_retry_after_s <= 0 or self.cache_fs_check_interval_s < 0:
             raise ConfigError("throttle_retry_after_s must be > 0 and cache_fs_check_interval_s >= 0")
+        if self.cache_memory_bytes < 0:
+            raise ConfigError("cache_memory_bytes must be >= 0 (0: uploads always read the cache files)")
 
 
 @dataclass
@@ -203,6 +207,8 @@ class MTConfig(ComponentConfig):
     # Loopback only (the export has no authentication); "" = listen_host
     view_nbd_port: int = 0
     view_nbd_host: str = ""
+    # the newest staged batches kept decoded in memory for their apply (mt/staging.py), for all disks
+    staging_memory_bytes: int = 64 * MiB
     # True: the data port is served by the threaded TLS front (common/batchfront.py, mt/front.py), as
     # the PS's is (PSConfig.ingest_front); False: the data app serves it over asyncio's TLS.
     ingest_front: bool = True
@@ -214,6 +220,8 @@ class MTConfig(ComponentConfig):
         if nbd_host and not is_loopback(nbd_host):
             raise ConfigError(f"view_nbd_host {nbd_host!r} is not a loopback address (the NBD export of "
                               "views has no authentication): set view_nbd_host to one")
+        if self.staging_memory_bytes < 0:
+            raise ConfigError("staging_memory_bytes must be >= 0 (0: applies always read the staged files)")
         if self.retention_max_bytes < 0 or self.retention_check_interval_s <= 0:
             raise ConfigError("need retention_max_bytes >= 0 and retention_check_interval_s > 0")
         if not 0.0 <= self.retention_low_free_pct <= self.retention_resume_free_pct <= 100.0:

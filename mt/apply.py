@@ -17,13 +17,14 @@ from pathlib import Path
 
 from common import errors
 from common import logging as dlog
+from common.recent import Recent
 from common.wire import batch as wbatch
 from common.wire import journal as wj
 from mt import seed
 from mt.catalog import Catalog, Point, point_accuracy
 from mt.journal import CommittedBatch, Extent, Journal, crash_point, restore_changed
 from mt.replica import Replica
-from mt.staging import DiskStaging, Key
+from mt.staging import DiskStaging, Kept, Key
 
 log = dlog.get("drlab.mt.apply")
 
@@ -75,14 +76,14 @@ class Applied:
 
 class DiskStore:
     def __init__(self, disk_id: str, data_dir: Path, catalog: Catalog, size_bytes: int,
-                 segment_max_bytes: int) -> None:
+                 segment_max_bytes: int, recent: Recent[tuple[str, int, int], Kept] | None = None) -> None:
         self.disk_id = disk_id
         self.catalog = catalog
         self.lock = threading.RLock()
         self.closed = False
         self.replica = Replica(seed.replica_file(data_dir, disk_id), size_bytes)  # its own, or an adopted disk
         self.journal = Journal(data_dir / "journal" / disk_id, bytes.fromhex(disk_id), segment_max_bytes)
-        self.staging = DiskStaging(data_dir / "staging" / disk_id)
+        self.staging = DiskStaging(data_dir / "staging" / disk_id, recent)  # recent: the MT's shared budget
         self.applied: Key = (0, 0)
         self.in_resync = False
         self.has_valid = False  # a valid point exists: batches applied now must keep their undo data
@@ -178,13 +179,22 @@ class DiskStore:
             key = None if self.closed else self.next_staged()
             if key is None:
                 return None
-            data, received_ns = self.staging.read(*key)
-            batch = wbatch.decode(data, disk_size=self.replica.size_bytes, max_bytes=max(len(data), 1))
+            batch, received_ns, checksum = self._staged(key)
             if (batch.disk_id.hex(), batch.generation, batch.seq) != (self.disk_id, *key):
                 raise errors.MalformedBatch(f"staged batch {key} names another identity")
-            done = self.apply_batch(batch, received_ns, wbatch.checksum(data))
+            done = self.apply_batch(batch, received_ns, checksum)
             self.staging.delete(*key)
             return done
+
+    def _staged(self, key: Key) -> tuple[wbatch.ChangeBatch, int, bytes | None]:
+        """A staged batch decoded, its received time and checksum: from memory when it was staged
+        lately (mt/staging.py), else read and decoded from its file."""
+        kept = self.staging.kept(*key)
+        if kept is not None:
+            return kept[0], kept[1], self.staging.checksum(key)
+        data, received_ns = self.staging.read(*key)
+        batch = wbatch.decode(data, disk_size=self.replica.size_bytes, max_bytes=max(len(data), 1))
+        return batch, received_ns, wbatch.checksum(data)
 
     def apply_batch(self, batch: wbatch.ChangeBatch, received_ns: int, checksum: bytes | None) -> Applied:
         """Undo records -> fdatasync journal -> replica writes -> fdatasync replica -> commit
@@ -264,8 +274,9 @@ class DiskStore:
 
     # -- receipt -------------------------------------------------------------------------------
 
-    def receive(self, gen: int, seq: int, data: bytes) -> bool:
-        """Stage a verified batch durably: True if new, False for an identical re-send."""
+    def receive(self, gen: int, seq: int, data: bytes, batch: wbatch.ChangeBatch | None = None) -> bool:
+        """Stage a verified batch durably: True if new, False for an identical re-send (``batch``:
+        ``data`` decoded, kept in memory for the apply)."""
         digest = wbatch.checksum(data)
         staged = self.staging.checksum((gen, seq))
         if staged is None and (gen, seq) <= self.applied:
@@ -273,7 +284,7 @@ class DiskStore:
             if row is not None and row.checksum is not None and row.checksum != digest:
                 raise errors.ChecksumMismatch(f"batch {gen}/{seq} was applied with another checksum")
             return False
-        return self.staging.store(gen, seq, data)
+        return self.staging.store(gen, seq, data, batch)
 
     def progress(self, generation: int) -> tuple[int, int]:
         """(mt_received, mt_applied): highest contiguous seqs of ``generation`` here."""
@@ -291,5 +302,6 @@ class DiskStore:
     def close(self) -> None:
         with self.lock:
             self.closed = True
+            self.staging.forget()
             self.journal.close()
             self.replica.close()

@@ -91,13 +91,13 @@ def disk_for(ctx: IngestContext, disk_id: str, ident: Identity) -> tuple[DiskSet
 
 
 def open_batch(body: bytes | bytearray, disk: DiskSettings, key_for: Callable[[int], bytes], gen: int, seq: int,
-               max_bytes: int) -> bytes:
-    """Open the seal and fully check the change batch inside (CPU: worker thread)."""
+               max_bytes: int) -> tuple[bytes, wbatch.ChangeBatch]:
+    """Open the seal and fully check the change batch inside (CPU: worker thread): the batch's
+    bytes and the batch decoded."""
     hdr, plain = seal.open_sealed(body, key_for, max_plain=max_bytes)
     if (hdr.disk_id.hex(), hdr.generation, hdr.seq) != (disk.disk_id, gen, seq):
         raise errors.MalformedBatch("sealed batch (disk, generation, seq) differs from the URL")
-    wbatch.decode(plain, disk_size=disk.size_bytes, max_bytes=max_bytes)
-    return plain
+    return plain, wbatch.decode(plain, disk_size=disk.size_bytes, max_bytes=max_bytes)
 
 
 def check_generation(worker: DiskWorker, disk: DiskSettings, gen: int) -> None:
@@ -133,11 +133,11 @@ async def ingest_batch(ctx: IngestContext, ident: Identity | None, disk_text: st
     disk, worker, gen, seq = await admit_batch(ctx, ident, disk_text, gen_text, seq_text, len(body))
     loop = asyncio.get_running_loop()
     disk_id = disk.disk_id
-    plain = await loop.run_in_executor(ctx.executor, open_batch, body, disk,
+    plain, batch = await loop.run_in_executor(ctx.executor, open_batch, body, disk,
                                        lambda epoch: ctx.registry.key_for(disk_id, epoch), gen, seq,
                                        ctx.cfg.max_batch_bytes)
     check_generation(worker, disk, gen)
-    created = await loop.run_in_executor(ctx.executor, worker.store.receive, gen, seq, plain)
+    created = await loop.run_in_executor(ctx.executor, worker.store.receive, gen, seq, plain, batch)
     if created:
         worker.wake()
         log.debug("batch_staged", disk=disk_id, gen=gen, seq=seq, bytes=len(plain))

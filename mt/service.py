@@ -23,6 +23,7 @@ from common import logging as dlog
 from common.config import MTConfig
 from common.daemon import bind_socket
 from common.http import FRONTED, ApiClient
+from common.recent import Recent
 from mt import hashapi, metrics, release, seed
 from mt.apply import DiskStore
 from mt.catalog import Catalog
@@ -31,6 +32,7 @@ from mt.ingest import IngestContext, build_control_app, build_data_app
 from mt.jobs import JobRunner
 from mt.pruner import Policy, Pruner, Volume
 from mt.settings import Registry
+from mt.staging import Kept
 from mt.viewnbd import ViewNbd
 from mt.worker import DiskWorker
 
@@ -55,6 +57,7 @@ class MTService:
         self._deleted: set[str] = set()  # disks whose files this run deleted (delete_disks is repeated)
         self.view_nbd: ViewNbd | None = None  # the views as NBD exports, when cfg.view_nbd_port
         self._front: DataFront | None = None  # the threaded TLS front of the data port (cfg.ingest_front)
+        self._kept: Recent[tuple[str, int, int], Kept] = Recent(cfg.staging_memory_bytes)  # every disk's
 
     def __repr__(self) -> str:
         return f"MTService(id={self.component_id or '?'}, data={self.data_port}, control={self.control_port})"
@@ -112,7 +115,8 @@ class MTService:
         assert self._executor is not None and self.catalog is not None
         self._deleted.discard(disk_id)
         await asyncio.get_running_loop().run_in_executor(self._executor, release.unmark, self.cfg.data_dir, disk_id)
-        store = DiskStore(disk_id, self.cfg.data_dir, self.catalog, size_bytes, self.cfg.segment_max_bytes)
+        store = DiskStore(disk_id, self.cfg.data_dir, self.catalog, size_bytes, self.cfg.segment_max_bytes,
+                          self._kept)
         await asyncio.get_running_loop().run_in_executor(self._executor, store.open)
         pruner = Pruner(store, Volume.of(self.cfg), lambda: Policy.of(self.registry.disks.get(disk_id)))
         worker = self.workers[disk_id] = DiskWorker(store, self._executor, self.cfg.retry_max_backoff_s, pruner,

@@ -2,8 +2,11 @@
 
 A file holds the opened, decompressed and checksum-verified change batch. It is written to a
 unique temp file, fsynced, renamed into place and the directory fsynced before the receipt is
-acknowledged; it is deleted once the batch is applied. Identity is (gen, seq): storing the same
-identity with the same checksum again is a no-op, with another checksum a ChecksumMismatch.
+acknowledged; it is deleted once the batch is applied. The decoded batch is also kept in memory
+(common/recent.py, a budget shared by the MT's disks) so that its apply, a moment later, neither
+reads nor decodes the file again; the file stays the authority (a miss or a restart reads it).
+Identity is (gen, seq): storing the same identity with the same checksum again is a no-op, with
+another checksum a ChecksumMismatch.
 No space to stage it is :class:`common.errors.Throttled` (507, retried by the PS), leaving no file.
 Blocking: call from a worker thread (thread-safe).
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from common import errors, tls
 from common import logging as dlog
+from common.recent import Recent
 from common.wire import batch as wbatch
 from mt.replica import fsync_dir, read_exact
 
@@ -26,6 +30,8 @@ log = dlog.get("drlab.mt.staging")
 
 _NAME = re.compile(r"^(\d{8,20})-(\d{12,20})\.batch$")
 Key = tuple[int, int]
+Kept = tuple[wbatch.ChangeBatch, int]  # a staged batch decoded, and its received time (the file's mtime)
+KEPT_MAX_BYTES = 32 * 1024 * 1024  # the budget of a staging area that is given none
 
 
 def file_name(gen: int, seq: int) -> str:
@@ -35,8 +41,9 @@ def file_name(gen: int, seq: int) -> str:
 class DiskStaging:
     """The staged batches of one disk, indexed by (gen, seq) -> checksum."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, recent: Recent[tuple[str, int, int], Kept] | None = None) -> None:
         self.directory = directory
+        self.recent: Recent[tuple[str, int, int], Kept] = recent if recent is not None else Recent(KEPT_MAX_BYTES)
         self._index: dict[Key, bytes] = {}
         self._bytes: dict[Key, int] = {}
         self._lock = threading.Lock()
@@ -85,8 +92,9 @@ class DiskStaging:
         with self._lock:
             return len(self._index), sum(self._bytes.values())
 
-    def store(self, gen: int, seq: int, data: bytes) -> bool:
-        """Store durably; True if new, False for an identical re-send (ChecksumMismatch otherwise)."""
+    def store(self, gen: int, seq: int, data: bytes, batch: wbatch.ChangeBatch | None = None) -> bool:
+        """Store durably; True if new, False for an identical re-send (ChecksumMismatch otherwise).
+        ``batch``: ``data`` decoded, kept in memory for its apply."""
         key, digest = (gen, seq), wbatch.checksum(data)
         if self._known(key, digest):
             return False
@@ -107,7 +115,21 @@ class DiskStaging:
             os.replace(tmp, self.path(gen, seq))
             fsync_dir(self.directory)
             self._index[key], self._bytes[key] = digest, len(data)
+        if batch is None:  # nothing older may stand for it (a disk released and held again)
+            self.recent.pop((self.directory.name, gen, seq))
+        else:
+            self.recent.put((self.directory.name, gen, seq), (batch, self.path(gen, seq).stat().st_mtime_ns),
+                            len(data))
         return True
+
+    def forget(self) -> None:
+        """Drop this disk's memory copies (the store closes: released, or the MT stops)."""
+        name = self.directory.name
+        self.recent.drop_where(lambda key: key[0] == name)
+
+    def kept(self, gen: int, seq: int) -> Kept | None:
+        """The batch decoded and its received time, if still in memory."""
+        return self.recent.get((self.directory.name, gen, seq))
 
     def _known(self, key: Key, digest: bytes) -> bool:
         with self._lock:
@@ -129,6 +151,7 @@ class DiskStaging:
         return data, mtime
 
     def delete(self, gen: int, seq: int) -> None:
+        self.recent.pop((self.directory.name, gen, seq))
         with self._lock:
             self._index.pop((gen, seq), None)
             self._bytes.pop((gen, seq), None)

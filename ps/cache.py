@@ -48,6 +48,7 @@ import xxhash
 
 from common import errors, tls
 from common import logging as dlog
+from common.recent import Recent
 from common.wire import batch as wbatch
 from ps.throttle import CACHE, CACHE_FULL, Change, Sample, Throttle, ThrottlePolicy
 
@@ -161,8 +162,10 @@ def statvfs_free(path: Path) -> int:
 class BatchCache:
     def __init__(self, root: Path, max_bytes: int, executor: Executor | None = None, *,
                  policy: ThrottlePolicy | None = None, fs_free: Callable[[], int] | None = None,
-                 fs_check_s: float = 1.0) -> None:
+                 fs_check_s: float = 1.0, memory_bytes: int = 64 * 1024 * 1024) -> None:
         self.root = root
+        # the newest stored batches, so that their upload skips reading them back (common/recent.py)
+        self.recent: Recent[tuple[str, int, int], bytes | bytearray] = Recent(memory_bytes)
         self.max_bytes = max_bytes
         self._executor = executor
         self._disks: dict[str, DiskIndex] = {}
@@ -244,9 +247,13 @@ class BatchCache:
     def path(self, disk_id: str, gen: int, seq: int) -> Path:
         return self.root / disk_id / file_name(gen, seq)
 
-    def read(self, disk_id: str, entry: Entry) -> bytes:
-        """The cached bytes of a batch, checked against their checksum (CacheCorrupt if they fail
-        it; blocking: call in a worker thread)."""
+    def read(self, disk_id: str, entry: Entry) -> bytes | bytearray:
+        """The cached bytes of a batch: the memory copy of a batch stored lately, else the file's,
+        checked against their checksum (CacheCorrupt if they fail it; blocking: call in a worker
+        thread)."""
+        kept = self.recent.get((disk_id, entry.gen, entry.seq))
+        if kept is not None and wbatch.checksum(kept) == entry.checksum:
+            return kept
         data = self.path(disk_id, entry.gen, entry.seq).read_bytes()
         end = len(data) - wbatch.TRAILER_SIZE
         if end < wbatch.HEADER_SIZE or xxhash.xxh3_128_digest(memoryview(data)[:end]) != entry.checksum:
@@ -320,6 +327,7 @@ class BatchCache:
         try:
             await self._run(write_durable, self.root / disk_id, file_name(entry.gen, entry.seq), data)
             self._disks.setdefault(disk_id, DiskIndex()).add(entry)
+            self.recent.put(ident, data, len(data))
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
@@ -345,6 +353,7 @@ class BatchCache:
         """Forget a batch the MT holds durably (or that a newer generation superseded);
         ``remember=False`` (a corrupt batch): a re-send of it is stored again, not a no-op."""
         index = self._disks.get(disk_id)
+        self.recent.pop((disk_id, gen, seq))
         if index is None or index.remove((gen, seq)) is None:
             return
         if not remember:
@@ -356,6 +365,7 @@ class BatchCache:
         """Forget every cached batch of a disk this PS no longer serves and delete its files;
         returns how many batches there were."""
         index = self._disks.pop(disk_id, None)
+        self.recent.drop_where(lambda key: key[0] == disk_id)
         await self._run(shutil.rmtree, self.root / disk_id, True)
         self.refresh_throttle()
         return len(index.entries) if index is not None else 0

@@ -78,7 +78,8 @@ class PSService:
         self.component_id = str(files.read_meta()["component_id"])
         self._executor = ThreadPoolExecutor(max(1, cfg.upload_threads), thread_name_prefix="ps-work")
         self.cache = BatchCache(cfg.data_dir / "cache", cfg.cache_max_bytes, self._executor,
-                                policy=ThrottlePolicy.from_config(cfg), fs_check_s=cfg.cache_fs_check_interval_s)
+                                policy=ThrottlePolicy.from_config(cfg), fs_check_s=cfg.cache_fs_check_interval_s,
+                                memory_bytes=cfg.cache_memory_bytes)
         await asyncio.get_running_loop().run_in_executor(self._executor, self.cache.load)
         self._rebuild_progress(self.cache)
         self._clients = Clients(lambda url: ApiClient(url, tls.client_context(files), timeout_s=cfg.request_timeout_s,

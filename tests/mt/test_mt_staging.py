@@ -107,3 +107,27 @@ def test_point_accuracy_across_a_resync() -> None:
     assert point_accuracy(False, M, A, 0) == (A, False)
     assert point_accuracy(False, M, E, 0) == (A, False)
     assert point_accuracy(False, D, A, 0) == (A, False)
+
+
+@pytest.mark.timeout(30)
+def test_a_batch_staged_with_its_decoded_form_is_applied_from_memory(tmp_path: Path) -> None:
+    """The decoded batch is kept in memory (mt/staging.py): the apply neither reads nor decodes
+    the file — here it is even gone — and records the file's mtime as the received time; a batch
+    staged without it (as after a restart) is read from its file."""
+    maker = BatchMaker(bytes.fromhex(DISK), seed=5)
+    store = DiskStore(DISK, tmp_path, Catalog(tmp_path / "catalog.db"), DISK_SIZE, 1 << 30)
+    store.open()
+    replica = tmp_path / "replicas" / f"{DISK}.img"
+    data = maker.make()
+    assert store.receive(1, 1, data, wbatch.decode(data, disk_size=DISK_SIZE, max_bytes=len(data)))
+    mtime = store.staging.path(1, 1).stat().st_mtime_ns
+    store.staging.path(1, 1).unlink()
+    done = store.apply_next()
+    assert done is not None and done.point.received_ns == mtime
+    assert done.point.checksum == wbatch.checksum(data)
+    assert replica.read_bytes() == maker.images[(1, 1)]
+    assert len(store.staging.recent) == 0 and store.staging.keys() == []
+    data = maker.make()
+    assert store.receive(1, 2, data) and store.staging.kept(1, 2) is None
+    assert store.apply_next() is not None and replica.read_bytes() == maker.images[(1, 2)]
+    store.close()

@@ -204,6 +204,7 @@ async def test_a_cached_batch_that_fails_its_checksum_is_dropped_not_sent(rig: R
     raw = bytearray(path.read_bytes())
     raw[200] ^= 0x40
     path.write_bytes(bytes(raw))
+    rig.cache.recent.pop((DISK, 1, 2))  # as after a restart: read from the file, not the memory copy
     await rig.serve()
     for seq in (1, 2, 3):
         rig.registry.progress_of(DISK).stored(1, seq)
@@ -211,3 +212,20 @@ async def test_a_cached_batch_that_fails_its_checksum_is_dropped_not_sent(rig: R
     await wait_until(lambda: len(rig.mt.received) == 2 and rig.cache.backlog(DISK) == (0, 0))
     assert set(rig.mt.received) == {(1, 1), (1, 3)}
     assert await rig.cache.store(DISK, 1, 2, sent[2]) is True
+
+
+async def test_a_batch_stored_lately_is_uploaded_from_memory_and_forgotten_when_deleted(rig: Rig) -> None:
+    """The cache keeps the newest stored batches in memory (common/recent.py): their upload does
+    not read the file back — here the file is even gone — and the copy goes with the batch."""
+    sent = {seq: make_batch(DISK, 1, seq, data=os.urandom(8192)) for seq in (1, 2)}
+    for seq, data in sent.items():
+        await rig.cache.store(DISK, 1, seq, data)
+    rig.cache.path(DISK, 1, 1).unlink()
+    assert len(rig.cache.recent) == 2
+    await rig.serve()
+    for seq in sent:
+        rig.registry.progress_of(DISK).stored(1, seq)
+    rig.uploaders.notify(DISK)
+    await wait_until(lambda: len(rig.mt.received) == 2 and rig.cache.backlog(DISK) == (0, 0))
+    assert set(rig.mt.received) == {(1, 1), (1, 2)}
+    assert len(rig.cache.recent) == 0 and rig.cache.recent.bytes == 0 and rig.cache.recent.hits == 2
