@@ -80,7 +80,9 @@ async def scenario(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, s
         summary.cycles.append(cycle)
         async with steps.step(f"cycle {number}: SIGKILL the {daemon} ({cycle.node})") as st:
             try:
-                await one_cycle(lab, admin, sc, params, cycle, targets[daemon], since, rng)
+                # the points' sample draws from a stream of its own: the kills replay whatever points were made
+                sample_rng = random.Random(f"drlab-chaos:{params.seed}:points:{number}")
+                await one_cycle(lab, admin, sc, params, cycle, targets[daemon], since, sample_rng)
             except Exception as exc:
                 cycle.failures = cycle.failures or [f"cycle {number}: {type(exc).__name__}: {exc}"]
                 raise
