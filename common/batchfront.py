@@ -29,7 +29,7 @@ from aiohttp import web
 from common import errors
 from common import logging as dlog
 from common.frontproto import Head, Limits
-from common.http import FRONTED, cert_identity, log_refusal
+from common.http import FRONTED, cert_identity, log_refusal, read_body, require_role
 from common.tls import Identity
 from common.tlsfront import NativeCall, TLSFront
 
@@ -48,8 +48,8 @@ class BatchRoute:
     what it can before the body, ``finish(ident, parts, body)`` checks again and stores it,
     returning (status, JSON document). ``who`` names the daemon in the 503 of a stopping one."""
 
-    admit: Callable[[Identity | None, Parts, int], Coroutine[Any, Any, Any]]
-    finish: Callable[[Identity | None, Parts, bytearray], Coroutine[Any, Any, tuple[int, Any]]]
+    admit: Callable[[Identity | None, Parts, int | None], Coroutine[Any, Any, Any]]
+    finish: Callable[[Identity | None, Parts, bytes | bytearray], Coroutine[Any, Any, tuple[int, Any]]]
     is_revoked: Callable[[int], bool]
     who: str
 
@@ -61,6 +61,18 @@ def route_of(ctx: Any, admit: Callable[..., Coroutine[Any, Any, Any]],
     return BatchRoute(admit=lambda ident, parts, length: admit(ctx, ident, *parts, length),
                       finish=lambda ident, parts, body: finish(ctx, ident, *parts, body),
                       is_revoked=ctx.registry.is_revoked, who=who)
+
+
+async def serve_put(request: web.Request, route: BatchRoute, role: str, max_bytes: int) -> web.Response:
+    """The batch PUT served by the daemon's own aiohttp app (its data port without the front, or a
+    test): the route's two halves around reading the body, as the front runs them."""
+    ident = require_role(request, role)
+    match = request.match_info
+    parts = (match["disk_id"], match["gen"], match["seq"])
+    await route.admit(ident, parts, request.content_length)
+    body = await read_body(request, max_bytes)
+    status, document = await route.finish(ident, parts, body)
+    return web.json_response(document, status=status)
 
 
 def relay_socket_path(data_dir: Path) -> tuple[Path, bool]:

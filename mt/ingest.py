@@ -18,10 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
-from common import errors, promexport
+from common import batchfront, errors, promexport
 from common import logging as dlog
 from common.config import MTConfig
-from common.http import authorize, make_app, read_body, require_role
+from common.http import authorize, make_app, require_role
 from common.tls import Identity
 from common.wire import batch as wbatch
 from common.wire import seal
@@ -147,13 +147,8 @@ async def ingest_batch(ctx: IngestContext, ident: Identity | None, disk_text: st
 
 async def put_batch(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    ident = require_role(request, "ps")
-    route = request.match_info
-    parts = (route["disk_id"], route["gen"], route["seq"])
-    await admit_batch(ctx, ident, *parts, request.content_length)
-    body = await read_body(request, sealed_limit(ctx.cfg.max_batch_bytes))
-    status, document = await ingest_batch(ctx, ident, *parts, body)
-    return web.json_response(document, status=status)
+    route = batchfront.route_of(ctx, admit_batch, ingest_batch, "master target")
+    return await batchfront.serve_put(request, route, "ps", sealed_limit(ctx.cfg.max_batch_bytes))
 
 
 def status_of(worker: DiskWorker, disk: DiskSettings | None) -> dict[str, Any]:

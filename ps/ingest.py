@@ -20,10 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
-from common import crashpoints, errors, promexport
+from common import batchfront, crashpoints, errors, promexport
 from common import logging as dlog
 from common.config import PSConfig
-from common.http import authorize, make_app, read_body, require_role
+from common.http import authorize, make_app, require_role
 from common.tls import Identity
 from common.wire import batch as wbatch
 from ps import check, prom
@@ -149,13 +149,8 @@ async def ingest_batch(ctx: IngestContext, ident: Identity | None, disk_text: st
 
 async def put_batch(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    ident = require_role(request, "agent")
-    route = request.match_info
-    parts = (route["disk_id"], route["gen"], route["seq"])
-    await admit_batch(ctx, ident, *parts, request.content_length)
-    body = await read_body(request, ctx.cfg.max_batch_bytes)
-    status, document = await ingest_batch(ctx, ident, *parts, body)
-    return web.json_response(document, status=status)
+    route = batchfront.route_of(ctx, admit_batch, ingest_batch, "process server")
+    return await batchfront.serve_put(request, route, "agent", ctx.cfg.max_batch_bytes)
 
 
 def status_of(ctx: IngestContext, disk_id: str) -> dict[str, Any]:
