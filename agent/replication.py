@@ -416,7 +416,8 @@ class Replicator:
         if ps_url not in self._clients:
             self._clients[ps_url] = ApiClient(ps_url, self._ssl, timeout_s=self.cfg.request_timeout_s,
                                               limit=max(4, 2 * self.cfg.upload_window_batches),
-                                              bulk_threads=2 * self.cfg.upload_window_batches)
+                                              bulk_threads=2 * self.cfg.upload_window_batches,
+                                              stall_timeout_s=self.cfg.stall_timeout_s)
         return self._clients[ps_url]
 
     def _stale(self, index: int) -> None:

@@ -138,7 +138,8 @@ class ControlPlane:
         self.cfg = cfg
         self.files = files
         self.component_id: str = files.read_meta()["component_id"]
-        self.cs = ApiClient(cfg.cs_url, tls.client_context(files), timeout_s=cfg.request_timeout_s)
+        self.cs = ApiClient(cfg.cs_url, tls.client_context(files), timeout_s=cfg.request_timeout_s,
+                            stall_timeout_s=cfg.stall_timeout_s)
         self._on_settings = on_settings
         self._metrics = metrics
         self.settings_version = -1

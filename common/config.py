@@ -25,6 +25,7 @@ PS_DATA_PORT = 9443
 MT_DATA_PORT = 9443
 MT_CONTROL_PORT = 9080
 NBD_PORT = 10809  # the port registered for NBD
+DEFAULT_STALL_TIMEOUT_S = 10.0  # ComponentConfig.stall_timeout_s, and ApiClient's when not given
 
 
 @dataclass
@@ -41,10 +42,22 @@ class ComponentConfig:
     heartbeat_interval_s: float = 30.0
     settings_wait_s: float = 25.0
     request_timeout_s: float = 30.0
+    # a peer that sends and receives no byte this long (a half-open connection) fails the request at
+    # once, retriably (common/http.py, common/bulkhttp.py); the whole request stays bounded by
+    # request_timeout_s. Need 0 < stall_timeout_s <= request_timeout_s; the default follows a shorter
+    # request_timeout_s down.
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S
     retry_max_backoff_s: float = 5.0
     # certificates (common/component.py): renew once less than this fraction of the validity remains
     cert_renew_fraction: float = 0.33
     cert_check_interval_s: float = 3600.0  # the longest sleep between two looks at the certificate
+
+    def __post_init__(self) -> None:
+        if self.stall_timeout_s == DEFAULT_STALL_TIMEOUT_S and 0.0 < self.request_timeout_s < self.stall_timeout_s:
+            self.stall_timeout_s = self.request_timeout_s
+        if not 0.0 < self.stall_timeout_s <= self.request_timeout_s:
+            raise ConfigError(f"stall_timeout_s {self.stall_timeout_s} must be > 0 and at most "
+                              f"request_timeout_s {self.request_timeout_s}")
 
 
 @dataclass
@@ -176,6 +189,7 @@ class PSConfig(ComponentConfig):
     upload_proxy_password_file: str = ""  # a path; "" = no password
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.cache_throttle_free_pct <= self.cache_resume_free_pct <= 100.0:
             raise ConfigError("need 0 <= cache_throttle_free_pct <= cache_resume_free_pct <= 100")
         if self.disk_backlog_max_bytes < 1 or not 0.0 <= self.disk_backlog_resume_pct <= 100.0:
@@ -214,6 +228,7 @@ class MTConfig(ComponentConfig):
     ingest_front: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 <= self.view_nbd_port <= 65535:
             raise ConfigError(f"view_nbd_port {self.view_nbd_port} is not a TCP port (0: views not served)")
         nbd_host = self.view_nbd_host or (self.listen_host if self.view_nbd_port else "")
@@ -271,6 +286,7 @@ class AgentConfig(ComponentConfig):
     crash_consistent_interval_s: float = 300.0  # local crash-consistent tags (0: none)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not is_loopback(self.nbd_listen_host):
             raise ConfigError(f"nbd_listen_host {self.nbd_listen_host!r} is not a loopback address "
                               "(the NBD export has no authentication)")

@@ -84,6 +84,13 @@ class ConfigError(DrlabError):
     code = "config"
 
 
+class StateError(DrlabError):
+    """A state file a daemon reads at start is damaged (truncated, not JSON, wrong types): the message
+    names the file, what is wrong and what the operator can do. Never retried: the file stays as it is."""
+
+    code = "damaged_state"
+
+
 _BY_STATUS: dict[int, type[DrlabError]] = {
     400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
     413: TooLarge, 503: Unavailable, 507: Throttled,

@@ -19,6 +19,7 @@ from aiohttp import web
 from common import errors
 from common import logging as dlog
 from common.bulkhttp import BulkSender
+from common.config import DEFAULT_STALL_TIMEOUT_S
 from common.frontproto import PEER_CERT_HEADER
 from common.tls import Identity, identity_from_peercert
 
@@ -255,13 +256,20 @@ def make_app(*, allow: Iterable[str] = (), revoked: Callable[[int], bool] | None
 
 
 class ApiClient:
-    """JSON/bytes client for one server; raises :mod:`common.errors` classes on failure."""
+    """JSON/bytes client for one server; raises :mod:`common.errors` classes on failure.
+
+    A request takes at most ``timeout_s``; a peer that goes silent (no connection within
+    ``stall_timeout_s``, or no byte of the answer for that long: a half-open connection) fails it
+    sooner, with a retriable ``TransportError`` saying so (logged once, ``peer_silent``). A request
+    given a longer ``timeout_s`` than the client's may be held that much longer by the server before
+    it answers (a long poll: the settings' ``wait_s``): its silence bound grows by the difference."""
 
     def __init__(self, base_url: str, ssl_context: ssl.SSLContext, *, timeout_s: float = 30.0,
-                 limit: int = 16, bulk_threads: int = 0) -> None:
+                 limit: int = 16, bulk_threads: int = 0, stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S) -> None:
         self.base_url = base_url.rstrip("/")
         self._ssl = ssl_context
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(10.0, timeout_s))
+        self._stall_s = min(stall_timeout_s, timeout_s)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._stall_s, sock_read=self._stall_s)
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
         # bodies of BULK_MIN_BYTES or more go over blocking TLS in worker threads (common/bulkhttp.py)
@@ -294,10 +302,11 @@ class ApiClient:
         if self._bulk_threads > 0 and data is not None and len(data) >= BULK_MIN_BYTES and not params:
             if self._bulk is None:
                 self._bulk = BulkSender(self.base_url, self._ssl, threads=self._bulk_threads,
-                                        timeout_s=self._timeout.total or 30.0, parse=_parse)
+                                        timeout_s=self._timeout.total or 30.0, parse=_parse,
+                                        stall_timeout_s=self._stall_s)
             return await self._bulk.request(method, path, data, headers=headers, timeout_s=timeout_s,
                                             proxy=self.proxy, proxy_headers=self.proxy_headers)
-        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
+        timeout = self._request_timeout(timeout_s)
         try:
             async with self.session.request(method, self.base_url + path, json=json_body, data=data,
                                             params=params, timeout=timeout, headers=headers,
@@ -307,8 +316,24 @@ class ApiClient:
                 if resp.status >= 400:
                     raise errors.from_response(resp.status, body, resp.headers.get("Retry-After"))
                 return resp.status, body
+        except aiohttp.ServerTimeoutError as exc:  # sock_connect / sock_read: the peer went silent
+            bounds = timeout
+            connecting = isinstance(exc, aiohttp.ConnectionTimeoutError)
+            stall_s = (bounds.sock_connect if connecting else bounds.sock_read) or self._stall_s
+            log.warning("peer_silent", request=f"{method} {self.base_url}{path}", stall_s=stall_s)
+            raise errors.TransportError(f"{method} {self.base_url}{path}: the peer went silent for {stall_s:g} s "
+                                        f"({type(exc).__name__})") from exc
         except (TimeoutError, aiohttp.ClientError, ConnectionError, ssl.SSLError) as exc:
             raise errors.TransportError(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from exc
+
+    def _request_timeout(self, timeout_s: float | None) -> aiohttp.ClientTimeout:
+        """The bounds of a request given its own ``timeout_s`` (None: the client's): see the class.
+        Always a ClientTimeout: aiohttp takes ``timeout=None`` for "no timeout at all"."""
+        if not timeout_s:
+            return self._timeout
+        held_s = max(0.0, timeout_s - (self._timeout.total or timeout_s))
+        stall_s = min(self._stall_s + held_s, timeout_s)
+        return aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(self._stall_s, timeout_s), sock_read=stall_s)
 
     async def get(self, path: str, **kw: Any) -> Any:
         return (await self.request("GET", path, **kw))[1]

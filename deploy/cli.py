@@ -134,9 +134,12 @@ def _print_items(args: argparse.Namespace, items: list[dict[str, Any]], cols: li
 
 
 def cmd_components(args: argparse.Namespace) -> int:
+    """The table shows each heartbeat's age; ``--json`` the CS's ``last_heartbeat`` (ns since the epoch)."""
     items = _admin_call(args, lambda a: a.components())
-    return _print_items(args, items, ["component_id", "role", "host_id", "address", "version", "last_heartbeat",
-                                      "state", "health"])
+    now = time.time_ns()
+    rows = items if args.json else [{**c, "heartbeat": report.ago(c.get("last_heartbeat"), now)} for c in items]
+    return _print_items(args, rows, ["component_id", "role", "host_id", "address", "version", "heartbeat",
+                                     "state", "health"])
 
 
 def cmd_disks(args: argparse.Namespace) -> int:
@@ -420,14 +423,24 @@ async def _resolve(api: Any, *, role: str, name: str) -> str:
 
 def _by_host_id(args: argparse.Namespace) -> None:
     """Machines (``machine_id``) and process servers (``ps_id``, and ``--to`` of a ``ps`` command)
-    named by their host id (``m1``, ``web1``, ``ps2``) become their component ids."""
+    named by their host id (``m1``, ``web1``, ``ps2``) become their component ids; so do the machines of
+    a repeatable ``--machine`` (``ps balance``, ``policy assign``) and of bookmark and group lists."""
+    named = [("machine_id", "agent"), ("ps_id", "ps"), ("machine", "agent"), ("machines", "agent")]
+    named += [("to", "ps")] if hasattr(args, "ps_command") else []
+    for attr, role in named:
+        value = getattr(args, attr, None)
+        if isinstance(value, str):
+            setattr(args, attr, _by_name(args, role, value))
+        elif isinstance(value, list):  # a repeatable --machine, or a list of machines
+            setattr(args, attr, [_by_name(args, role, v) if isinstance(v, str) else v for v in value])
+
+
+def _by_name(args: argparse.Namespace, role: str, name: str) -> str:
     from deploy.cli_inventory import COMPONENT_ID
 
-    named = [("machine_id", "agent"), ("ps_id", "ps")] + ([("to", "ps")] if hasattr(args, "ps_command") else [])
-    for attr, role in named:
-        name = getattr(args, attr, None)
-        if isinstance(name, str) and name and not COMPONENT_ID.match(name):
-            setattr(args, attr, _admin_api(args, functools.partial(_resolve, role=role, name=name)))
+    if not name or COMPONENT_ID.match(name):
+        return name
+    return str(_admin_api(args, functools.partial(_resolve, role=role, name=name)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ DRILLS = {
     "failover": ("failover", "test failover to latest, to a point in time, to latest-app-consistent (a bookmark), "
                              "then a planned failover — each checked by the oracle"),
     "ps-switch": ("psswitch", "switch the machine to another PS under load, then balance it back with that PS "
-                              "killed — needs a topology with two on-prem PSs"),
+                              "killed (a second on-prem PS is added to its lab when the topology has one)"),
     "chaos": ("chaos", "N cycles: SIGKILL a random daemon (agent, PS, MT or CS) under load, restart it, wait for "
                        "the recovery, check the recovery points with the oracle; a JSON summary with --report"),
 }

@@ -26,7 +26,6 @@ import asyncio
 import dataclasses
 import shutil
 import socket
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -35,9 +34,9 @@ from urllib.parse import urlsplit
 
 from common import component, errors, tls
 from common.config import CS_PORT, AgentConfig, ComponentConfig, MTConfig, PSConfig, dump_toml, from_dict
+from deploy import cli_service
 
 CONFIGS: dict[str, type[ComponentConfig]] = {"ps": PSConfig, "mt": MTConfig, "agent": AgentConfig}
-MODULES = {"ps": "ps", "mt": "mt", "agent": "agent"}
 
 
 class InstallFailed(Exception):
@@ -104,6 +103,22 @@ def config_of(role: str, args: argparse.Namespace, data_dir: Path) -> dict[str, 
     return out
 
 
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``--set key=value`` (repeatable): more keys of the config file, checked like the daemon's own
+    ``--set`` (an unknown key or a bad value fails the install before anything is registered; pure)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise errors.ConfigError(f"--set {item!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
 def ports_of(role: str, values: dict[str, Any]) -> dict[str, int]:
     if role == "ps":
         return {"data": int(values["data_port"])}
@@ -136,9 +151,11 @@ def install(role: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         raise InstallFailed(f"{data_dir} already holds a registered {role}: use drlab {role} reregister")
     values = config_of(role, args, data_dir)
     try:
-        cfg = from_dict(CONFIGS[role], values)
+        overrides = parse_sets(args.set or [])
+        cfg = from_dict(CONFIGS[role], {**values, **overrides})
     except errors.DrlabError as exc:
         raise InstallFailed(exc.message) from exc
+    values.update({k: _plain(getattr(cfg, k)) for k in overrides})  # typed as the config reads them
     cfg = dataclasses.replace(cfg, request_timeout_s=args.timeout_s)
     created = [p for p in (data_dir, identity) if not p.exists()]
     had_config = config_path.exists()
@@ -155,17 +172,6 @@ def install(role: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     return meta, config_path
 
 
-def start_detached(role: str, config_path: Path) -> int:
-    """``python -m ROLE --config FILE`` in a new session, output to DATA/ROLE.out; its pid."""
-    out = open(config_path.with_suffix(".out"), "ab")  # noqa: SIM115 (handed to the child)
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", MODULES[role], "--config", str(config_path)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-    finally:
-        out.close()
-    return proc.pid
-
-
 def cmd_install(args: argparse.Namespace) -> int:
     role = args.install_role
     try:
@@ -175,10 +181,14 @@ def cmd_install(args: argparse.Namespace) -> int:
         return 1
     print(f"registered {role} {meta['component_id']} (host id {meta['host_id']}) with {meta['cs_url']}")
     print(f"config: {config_path}")
-    if args.start:
-        print(f"started: pid {start_detached(role, config_path)}")
-    else:
-        print(f"start it with: {sys.executable} -m {MODULES[role]} --config {config_path}")
+    if not args.start:
+        print(f"start it with: drlab {role} start --dir {config_path.parent}")
+        return 0
+    try:
+        print(f"started: pid {cli_service.Service(role, config_path.parent).start()}")
+    except cli_service.ServiceError as exc:
+        print(f"drlab: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -225,8 +235,7 @@ def cmd_reregister(args: argparse.Namespace) -> int:
     same = old["component_id"] == new["component_id"]
     print(f"re-registered {role} {new['component_id']} with {new['cs_url']}"
           + ("" if same else f" (a new id: the component was {old['component_id']} at {old['cs_url']})"))
-    print(f"restart it to use the new certificate: {sys.executable} -m {MODULES[role]} "
-          f"--config {Path(args.data_dir).resolve() / f'{role}.toml'}")
+    print(f"restart it to use the new certificate: drlab {role} restart --dir {Path(args.data_dir).resolve()}")
     return 0
 
 
@@ -242,6 +251,8 @@ def _install_parser(sub: Any, role: str) -> argparse.ArgumentParser:
     p.add_argument("--host-id", default="", help="its host id (default: the host name); the CS keys it by this")
     p.add_argument("--timeout-s", type=float, default=30.0, help="how long a request to the CS may take")
     p.add_argument("--start", action="store_true", help="start the daemon detached once registered")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="another key of its config file (repeatable), e.g. heartbeat_interval_s=5")
     p.set_defaults(func=cmd_install, install_role=role)
     return p
 
@@ -261,19 +272,22 @@ def add_ps_parsers(psub: Any) -> None:
     p.add_argument("--data-port", type=int, default=9443, help="the port agents send their batches to")
     p.add_argument("--proxy", default="", metavar="URL", help="uploads go through this HTTP CONNECT proxy")
     _reregister_parser(psub, "ps")
+    cli_service.add_parsers(psub, "ps")
 
 
 def add_parsers(sub: Any) -> None:
     """``drlab mt install|reregister`` and ``drlab agent install`` (called from deploy/cli.py)."""
-    mt = sub.add_parser("mt", help="master targets: install, re-register")
+    mt = sub.add_parser("mt", help="master targets: install, re-register, start, stop")
     msub = mt.add_subparsers(dest="mt_command", required=True)
     p = _install_parser(msub, "mt")
     p.add_argument("--data-port", type=int, default=9443, help="the port PSs upload batches to")
     p.add_argument("--control-port", type=int, default=9080, help="the control port (recovery, views)")
     p.add_argument("--datastore", default="", metavar="DIR", help="where existing disks may be adopted as replicas")
     _reregister_parser(msub, "mt")
-    agent = sub.add_parser("agent", help="agents: install")
+    cli_service.add_parsers(msub, "mt")
+    agent = sub.add_parser("agent", help="agents: install, start, stop")
     asub = agent.add_subparsers(dest="agent_command", required=True)
     p = _install_parser(asub, "agent")
     p.add_argument("--disk", action="append", default=None, metavar="NAME=PATH:SIZE",
                    help="a protected disk (repeatable); SIZE in bytes or with K/M/G")
+    cli_service.add_parsers(asub, "agent")

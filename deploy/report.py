@@ -26,3 +26,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
             out.append(f"+{line}+")
     out.append(f"+{line}+")
     return "\n".join(out)
+
+
+def ago(ns: object, now_ns: int) -> str:
+    """A past instant in ns as an age for a table: ``0.4 s ago``, ``3 min ago``, ``2.1 h ago``,
+    ``never`` (None), or the value itself when it is not a number (pure)."""
+    if ns is None:
+        return "never"
+    if not isinstance(ns, int):
+        return str(ns)
+    s = max(0.0, (now_ns - ns) / 1e9)
+    if s < 60:
+        return f"{s:.1f} s ago"
+    if s < 3600:
+        return f"{s / 60:.0f} min ago"
+    if s < 86400:
+        return f"{s / 3600:.1f} h ago"
+    return f"{s / 86400:.1f} d ago"

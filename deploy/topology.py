@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -152,3 +153,22 @@ def _pss(section: dict[str, Any], site: str) -> tuple[Node, ...]:
     return tuple(Node(p["name"], "ps", p["address"], {"data": int(p.get("data_port", 9443))},
                       config=_ps_config(p), site=site)
                  for p in section.get("ps", []))
+
+
+def with_onprem_pss(topo: Topology, count: int) -> Topology:
+    """``topo`` with at least ``count`` on-prem PSs: each one added copies the first on-prem PS's
+    ports and takes the next free address of its /24 and the next free name ``psN`` (pure)."""
+    onprem = [p for p in topo.pss if p.site == "onprem"]
+    added: list[Node] = []
+    taken = {n.address for n in topo.nodes}
+    names = {n.name for n in topo.nodes}
+    first = onprem[0]
+    prefix = first.address.rsplit(".", 1)[0]
+    for _ in range(count - len(onprem)):
+        address = next(f"{prefix}.{i}" for i in range(2, 255) if f"{prefix}.{i}" not in taken)
+        name = next(f"ps{i}" for i in range(2, 1000) if f"ps{i}" not in names)
+        added.append(Node(name, "ps", address, dict(first.ports), site="onprem"))
+        taken.add(address)
+        names.add(name)
+    cloud = tuple(p for p in topo.pss if p.site != "onprem")
+    return dataclasses.replace(topo, pss=(*onprem, *added, *cloud))

@@ -26,11 +26,12 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from common import errors, formats, tls
+from common import errors, tls
 from common import logging as dlog
 from common.http import ApiClient, retrying
 from mt.failover import Probe, choose_point, probe
 from mt.settings import Job
+from mt.statefile import JOBS_REMEDY, StateFile
 from mt.view import COMMITTING, DiskView, commit, export_image, failover_view
 from mt.viewnbd import ViewNbd
 from mt.worker import DiskWorker
@@ -66,17 +67,18 @@ class JobRunner:
 
     def _load_done(self) -> tuple[set[str], dict[str, dict[str, Any]]]:
         """(done ids, results not yet acknowledged by the CS); an older file is a plain list of ids."""
-        try:
-            raw = json.loads(self._done_path.read_text())
-        except (OSError, ValueError):
+        if not self._done_path.exists():
             return set(), {}
+        state = StateFile(self._done_path, "finished jobs", JOBS_REMEDY)  # damaged: StateError, the file kept
+        raw = state.load()
         if isinstance(raw, list):
             return {str(j) for j in raw}, {}
-        if not isinstance(raw, dict):
-            return set(), {}
-        formats.of_doc(f"finished jobs {self._done_path}", raw, DONE_FORMAT)  # a newer one: refused, not dropped
-        unsent = {str(k): v for k, v in (raw.get("unsent") or {}).items() if isinstance(v, dict)}
-        return {str(j) for j in raw.get("done") or []} | set(unsent), unsent
+        doc = state.check(raw, DONE_FORMAT)  # a newer one: refused, not dropped
+        done, unsent = doc.get("done") or [], doc.get("unsent") or {}
+        if not isinstance(done, list) or not isinstance(unsent, dict) or not all(
+                isinstance(v, dict) for v in unsent.values()):
+            raise state.damaged("done is not a list of job ids or unsent not an object of job results")
+        return {str(j) for j in done} | {str(k) for k in unsent}, {str(k): v for k, v in unsent.items()}
 
     async def _save(self) -> None:
         """Write the done ids and unsent results; concurrent saves never write an older snapshot

@@ -13,10 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import crashpoints, errors, formats, tls
+from common import crashpoints, errors, tls
 from common import logging as dlog
 from common.wire import journal as wj
 from mt.replica import Replica, fsync_dir, write_all
+from mt.statefile import FLOOR_REMEDY, StateFile
 
 log = dlog.get("drlab.mt.journal")
 
@@ -200,11 +201,9 @@ class Journal:
         path = self.directory / FLOOR
         if not path.exists():
             return
-        doc = json.loads(path.read_text())
-        formats.of_doc(f"retention floor {path}", doc, FLOOR_FORMAT)
-        self.floor = int(doc["floor"])
-        key = doc.get("boundary")
-        self.boundary = (int(key[0]), int(key[1])) if key else None
+        state = StateFile(path, "retention floor", FLOOR_REMEDY)  # damaged: StateError, the file kept
+        doc = state.read(FLOOR_FORMAT)
+        self.floor, self.boundary = state.integer(doc, "floor"), state.key(doc, "boundary")
 
     def mark_pruned(self, floor: int, boundary: tuple[int, int] | None) -> None:
         """Durably record that segments below ``floor`` are pruned, ``boundary`` the newest point

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import errors, formats, tls
+from common import errors, tls
 from common import logging as dlog
 from common.wire import journal as wj
 from mt.apply import DiskStore
@@ -35,6 +35,7 @@ from mt.extents import ExtentMap
 from mt.failover import data_regions
 from mt.journal import crash_point
 from mt.replica import fsync_dir, read_exact, write_all
+from mt.statefile import VIEW_REMEDY, StateFile
 
 log = dlog.get("drlab.mt.view")
 
@@ -146,11 +147,12 @@ class DiskView:
     @classmethod
     def open(cls, store: DiskStore, directory: Path) -> DiskView:
         """Reopen a view (after an MT restart): index from the catalog, overlay from its log."""
-        meta = json.loads((directory / "meta.json").read_text())
-        formats.of_doc(f"failover view {directory / 'meta.json'}", meta, META_FORMAT)
-        point = store.catalog.get(store.disk_id, int(meta["gen"]), int(meta["seq"]))
-        if meta.get("disk_id") != store.disk_id or point is None:
-            raise errors.NotFound(f"view {directory.name}: point ({meta['gen']}, {meta['seq']}) is gone")
+        state = StateFile(directory / "meta.json", "failover view", VIEW_REMEDY % directory)  # damaged: StateError
+        meta = state.read(META_FORMAT)
+        gen, seq = state.integer(meta, "gen"), state.integer(meta, "seq")
+        point = store.catalog.get(store.disk_id, gen, seq)
+        if state.text(meta, "disk_id") != store.disk_id or point is None:
+            raise errors.NotFound(f"view {directory.name}: point ({gen}, {seq}) is gone")
         view = cls(store, point, directory)
         raw = (directory / "overlay.log").read_bytes()
         whole = len(raw) - len(raw) % OVERLAY_ENTRY.size  # a torn last entry: its write was never acknowledged

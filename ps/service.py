@@ -83,7 +83,8 @@ class PSService:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.cache.load)
         self._rebuild_progress(self.cache)
         self._clients = Clients(lambda url: ApiClient(url, tls.client_context(files), timeout_s=cfg.request_timeout_s,
-                                                      limit=64, bulk_threads=2 * cfg.upload_window_batches),
+                                                      limit=64, bulk_threads=2 * cfg.upload_window_batches,
+                                                      stall_timeout_s=cfg.stall_timeout_s),
                                 Uplink(static_proxy(cfg)))  # proxy and bandwidth limit (settings "upload")
         self.uploaders = Uploaders(self.registry, self.cache, SealerBook(bytes.fromhex(self.component_id)),
                                    self._clients, self._executor, window=cfg.upload_window_batches,

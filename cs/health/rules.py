@@ -18,6 +18,8 @@ component silent past its heartbeat timeout): then its codes change nothing. Oth
 | ``78188`` | agent, per disk and machine | warning: churn above the supported rate, for a window |
 | ``rpo_exceeded`` | agent, per disk | warning: RPO above the disk's threshold |
 | ``retention_low_space`` | MT, per disk | warning: retention volume low; critical: applying paused |
+| ``mt_apply_failing`` | MT, per disk | warning: its last ``APPLY_FAILURES_WARNING`` (3) or more applies failed |
+| ``mt_apply_stopped`` | MT, per disk | critical: applying stopped until the MT restarts (the reason) |
 | ``ps_services_not_running`` | PS | warning: one of its internal services stopped, at once |
 | ``clock_skew`` | PS / MT / agent | warning: its clock differs from the CS's by more than the threshold |
 | ``ps_upload_proxy`` | PS | critical: its upload proxy refuses it (wrong credentials, unreachable), at once |
@@ -48,6 +50,8 @@ UPLOAD_FAILURES = "78028"
 HIGH_CHURN = "78188"
 RPO_EXCEEDED = "rpo_exceeded"
 RETENTION_LOW_SPACE = "retention_low_space"
+MT_APPLY_FAILING, MT_APPLY_STOPPED = "mt_apply_failing", "mt_apply_stopped"
+APPLY_FAILURES_WARNING = 3  # mt_apply_failing: consecutive failed applies of one disk
 PS_SERVICES = "ps_services_not_running"
 CLOCK_SKEW = "clock_skew"
 PS_PROXY = "ps_upload_proxy"
@@ -334,6 +338,27 @@ def mt_retention(cfg: HealthConfig, s: Subject) -> list[Observation] | None:
     return out
 
 
+def mt_apply(cfg: HealthConfig, s: Subject) -> list[Observation] | None:
+    """Per disk from ``disks.{id}.apply_failures`` (consecutive, mt/worker.py; back to 0 at the next
+    applied batch) and ``apply_stopped`` (mt/apply.py: a reason, None after a restart). At once."""
+    disks = s.metrics.get("disks")
+    if not isinstance(disks, dict) or not any(isinstance(d, dict) and "apply_failures" in d for d in disks.values()):
+        return None  # an older MT
+    out = []
+    for disk_id, d in disks.items():
+        failures = _num(d.get("apply_failures")) if isinstance(d, dict) else None
+        if not _DISK_ID.match(str(disk_id)) or failures is None:
+            continue
+        stopped = d.get("apply_stopped") if isinstance(d.get("apply_stopped"), str) else ""
+        out.append(Observation(MT_APPLY_FAILING, str(disk_id), (Level(WARNING, failures >= APPLY_FAILURES_WARNING, 0),),
+                               f"the master target failed to apply disk {disk_id} {failures:.0f} times in a row "
+                               f"(alert at {APPLY_FAILURES_WARNING}): it retries; see its log (apply_failed)"))
+        out.append(Observation(MT_APPLY_STOPPED, str(disk_id), (Level(CRITICAL, bool(stopped), 0),),
+                               f"the master target stopped applying disk {disk_id}: {stopped[:200]}; "
+                               f"restart the master target (it recovers the disk at start)"))
+    return out
+
+
 # -- by role ---------------------------------------------------------------------------------
 
 MetricRules = dict[str, tuple[tuple[frozenset[str], Rule], ...]]
@@ -342,7 +367,8 @@ METRIC_RULES: MetricRules = {
            (frozenset({PS_CACHE_FREE}), ps_cache), (frozenset({PS_BACKLOG}), ps_backlog),
            (frozenset({PS_SERVICES}), ps_services), (frozenset({CLOCK_SKEW}), clock_skew),
            (frozenset({PS_PROXY}), ps_proxy)),
-    "mt": ((frozenset({RETENTION_LOW_SPACE}), mt_retention), (frozenset({CLOCK_SKEW}), clock_skew)),
+    "mt": ((frozenset({RETENTION_LOW_SPACE}), mt_retention), (frozenset({CLOCK_SKEW}), clock_skew),
+           (frozenset({MT_APPLY_FAILING, MT_APPLY_STOPPED}), mt_apply)),
     "agent": ((frozenset({PS_UNREACHABLE, UPLOAD_FAILURES}), agent_link), (frozenset({HIGH_CHURN}), agent_churn),
               (frozenset({CLOCK_SKEW}), clock_skew)),
 }

@@ -18,7 +18,7 @@ from common import oracle
 from deploy.drills.steps import StepFailed, Steps, require
 from deploy.lab import Lab, alive
 from deploy.scenario import Scenario
-from deploy.topology import DEFAULT_TOPOLOGY, Node
+from deploy.topology import DEFAULT_TOPOLOGY, Node, Topology
 from deploy.topology import load as load_topology
 
 
@@ -38,10 +38,12 @@ class DrillParams:
 Body = Callable[[Lab, Any, Scenario, DrillParams, Steps], Awaitable[None]]
 
 
-async def run_drill(name: str, params: DrillParams, body: Body, nsteps: int, say: Callable[[str], None]) -> int:
-    """A fresh lab with its first machine prefilled, ``body`` run against it, the lab down, the
-    step table; 0 if every one of ``nsteps`` steps passed and no daemon needed SIGKILL."""
-    lab = fresh_lab(params)
+async def run_drill(name: str, params: DrillParams, body: Body, nsteps: int, say: Callable[[str], None],
+                    topology: Topology | None = None) -> int:
+    """A fresh lab (of ``params.topology``, or ``topology``) with its first machine prefilled, ``body``
+    run against it, the lab down, the step table; 0 if every one of ``nsteps`` steps passed and no
+    daemon needed SIGKILL."""
+    lab = fresh_lab(params, topology)
     steps = Steps(say)
     say(f"drill {name}: seed {params.seed}, lab in {params.root}")
     sc = Scenario(lab, params.seed)
@@ -62,10 +64,10 @@ async def run_drill(name: str, params: DrillParams, body: Body, nsteps: int, say
     return 0 if ok else 1
 
 
-def fresh_lab(params: DrillParams) -> Lab:
+def fresh_lab(params: DrillParams, topology: Topology | None = None) -> Lab:
     if params.root.exists():
         shutil.rmtree(params.root)
-    return Lab(load_topology(params.topology), params.root)
+    return Lab(topology or load_topology(params.topology), params.root)
 
 
 async def run_op(admin: Any, machine_id: str, op: str, body: dict[str, Any] | None = None,

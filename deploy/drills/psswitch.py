@@ -1,8 +1,8 @@
 """`drlab drill ps-switch`: a machine moved between process servers under load, each move verified.
 
-The drill needs a topology with at least two on-prem PSs (the default deploy/lab.toml has one:
-ps1 on-prem, ps2 in the cloud) — e.g. a copy of it with a second entry in the ``[onprem]`` ``ps`` list,
-given with ``drlab --topology FILE drill ps-switch``. It refuses a topology without them before starting.
+The drill needs two on-prem PSs: when the topology has one (the default deploy/lab.toml: ps1
+on-prem, ps2 in the cloud), the drill's own lab adds a second on the next free address of its
+network (deploy/topology.py ``with_onprem_pss``) and says so.
 
 1. protect the on-prem machine (initial replication through its PS, A, to the cloud MT);
 2. switch under load with A alive (``drlab ps switch``, cs/switch_jobs.py): the agent keeps its
@@ -23,6 +23,7 @@ from deploy.drills import common as dc
 from deploy.drills.steps import StepFailed, Steps, require
 from deploy.lab import Lab
 from deploy.scenario import Scenario
+from deploy.topology import Topology, with_onprem_pss
 from deploy.topology import load as load_topology
 
 NSTEPS = 3
@@ -31,22 +32,19 @@ LOCAL = ("--hot-region-mib", "2", "--overwrite-share", "0.97")
 RESYNC_DONE = 2  # a batch's flag: the last one of a resync (docs/PROTOCOL.md)
 
 
-def check_topology(params: dc.DrillParams) -> str | None:
-    """Why the drill cannot run on ``params.topology`` (None: it can)."""
-    onprem = [p.name for p in load_topology(params.topology).pss if p.site == "onprem"]
-    if len(onprem) < 2:
-        return (f"the ps-switch drill needs a topology with at least two on-prem PSs; {params.topology} has "
-                f"{', '.join(onprem) or 'none'} (add a second entry to the [onprem] ps list, then "
-                "drlab --topology FILE)")
-    return None
+def drill_topology(params: dc.DrillParams, say: Any) -> Topology:
+    """``params.topology``, with a second on-prem PS added when it has one (said)."""
+    topo = load_topology(params.topology)
+    more = with_onprem_pss(topo, 2)
+    if more != topo:
+        added = [p for p in more.pss if p not in topo.pss]
+        say(f"{params.topology} has one on-prem PS: the drill's lab adds "
+            + ", ".join(f"{p.name} at {p.address}" for p in added))
+    return more
 
 
 async def run(params: dc.DrillParams, say: Any = print) -> int:
-    problem = check_topology(params)
-    if problem:
-        say(f"DRILL NOT RUN: {problem}")
-        return 2
-    return await dc.run_drill("ps-switch", params, scenario, NSTEPS, say)
+    return await dc.run_drill("ps-switch", params, scenario, NSTEPS, say, topology=drill_topology(params, say))
 
 
 async def scenario(lab: Lab, admin: Any, sc: Scenario, params: dc.DrillParams, steps: Steps) -> None:

@@ -58,7 +58,7 @@ async def test_ps_install_registers_then_writes_a_private_config(cs_env: Any, tm
     assert (cfg.cs_url, cfg.data_port, cfg.host_id, cfg.data_dir) == (cs_env.url, 9443, "ps-x", data.resolve())
     assert cfg.upload_proxy == "http://127.0.0.1:3128" and cfg.passphrase_file == cs_env.passphrase_file.resolve()
     out = capsys.readouterr().out
-    assert meta["component_id"] in out and f"-m ps --config {path.resolve()}" in out
+    assert meta["component_id"] in out and f"drlab ps start --dir {data.resolve()}" in out
     before = await component_ids(cs_env)  # installing over a registered PS is refused, nothing changes
     assert await drlab(*argv) == 1
     assert "reregister" in capsys.readouterr().err
@@ -193,3 +193,22 @@ async def test_reregister_after_a_rotation_keeps_the_id_and_the_cache(cs_env: An
         await ps.stop()
         await mt.stop()
     assert isinstance(passphrase, auth.Passphrase)
+
+
+@pytest.mark.timeout(60)
+async def test_set_keys_land_typed_in_the_config_and_bad_ones_register_nothing(
+        cs_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = await component_ids(cs_env)
+    for bad in ("heartbeat_interval_s=soon", "no_such_key=1", "novalue"):
+        data = tmp_path / "bad"
+        argv = install_argv(cs_env, data, cs_env.passphrase_file, "ps", "--set", bad)
+        assert await drlab(*argv) == 1, bad
+        assert "drlab: error:" in capsys.readouterr().err and not data.exists()
+    assert await component_ids(cs_env) == before
+    data = tmp_path / "ps"
+    argv = install_argv(cs_env, data, cs_env.passphrase_file, "ps", "--set", "heartbeat_interval_s=2.5",
+                        "--set", "cache_max_bytes=1048576")
+    assert await drlab(*argv) == 0
+    cfg = load(PSConfig, data / "ps.toml")
+    assert (cfg.heartbeat_interval_s, cfg.cache_max_bytes) == (2.5, 1048576)
+    assert "heartbeat_interval_s = 2.5" in (data / "ps.toml").read_text()  # a number, not a string

@@ -4,7 +4,7 @@ import pytest
 
 from common import errors
 from deploy import report
-from deploy.topology import DEFAULT_TOPOLOGY, load
+from deploy.topology import DEFAULT_TOPOLOGY, load, with_onprem_pss
 
 
 def test_default_topology_puts_sites_on_their_loopback_ranges() -> None:
@@ -63,3 +63,26 @@ def test_advertise_is_the_registered_address_and_the_bind_address_stays(tmp_path
                         f'[onprem]\nps = [{{ name = "ps1", address = "127.0.1.1", advertise = {bad} }}]\n')
         with pytest.raises(errors.ConfigError, match="advertise"):
             load(path)
+
+
+def test_with_onprem_pss_adds_free_addresses_and_names_and_keeps_the_rest() -> None:
+    topo = load(DEFAULT_TOPOLOGY)  # ps1 on-prem (127.0.1.1), ps2 in the cloud; mt2 holds 127.0.1.2
+    two = with_onprem_pss(topo, 2)
+    added = [p for p in two.pss if p not in topo.pss]
+    assert len(added) == 1 and added[0].site == "onprem" and added[0].ports == topo.pss[0].ports
+    assert added[0].name not in {n.name for n in topo.nodes}
+    assert added[0].address.startswith("127.0.1.") and added[0].address not in {n.address for n in topo.nodes}
+    assert [p.site for p in two.pss] == ["onprem", "onprem", "cloud"]  # on-prem PSs first, as load() orders them
+    assert with_onprem_pss(two, 2) == two and with_onprem_pss(topo, 1) == topo
+    three = with_onprem_pss(topo, 3)
+    assert len({p.address for p in three.pss}) == 4 and len({p.name for p in three.pss}) == 4
+
+
+def test_ago_reads_as_an_age() -> None:
+    now = 10**18
+    assert report.ago(now - 400_000_000, now) == "0.4 s ago"
+    assert report.ago(now - 180 * 10**9, now) == "3 min ago"
+    assert report.ago(now - 7560 * 10**9, now) == "2.1 h ago"
+    assert report.ago(now - 3 * 86400 * 10**9, now) == "3.0 d ago"
+    assert report.ago(now + 10**9, now) == "0.0 s ago"  # a clock a little ahead is not negative
+    assert report.ago(None, now) == "never" and report.ago("n/a", now) == "n/a"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.drills import failover, psswitch
+from deploy.drills import failover
 from deploy.drills.common import DrillParams
 from tests.integration.conftest import write_topology
 
@@ -42,21 +42,14 @@ async def test_failover_drill_verifies_each_kind_of_failover(tmp_path: Path) -> 
     assert "DRILL PASSED" in text
 
 
-async def test_ps_switch_drill_refuses_a_topology_with_one_onprem_ps(tmp_path: Path) -> None:
-    lines: list[str] = []
-    p = params(tmp_path)
-    assert await psswitch.run(p, say=lines.append) == 2
-    assert "at least two on-prem PSs" in lines[0] and "ps1" in lines[0]
-    assert not p.root.exists()  # nothing was started
-
-
 def test_ps_switch_drill_from_the_command_line(tmp_path: Path) -> None:
-    p = params(tmp_path, pss=2)
+    p = params(tmp_path)  # one on-prem PS: the drill's lab adds the second (ps2)
     cmd = [sys.executable, "-m", "deploy.cli", "--topology", str(p.topology), "drill", "ps-switch",
            "--drill-dir", str(p.root), "--duration-s", "2", "--seed", str(p.seed)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=85, check=False)
     print(proc.stdout, proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "has one on-prem PS: the drill's lab adds ps2 at " in proc.stdout
     # protection picks either PS (A); the switch moves the machine to the other (B), which is then killed
     moved = re.search(r"(ps[12]) -> (ps[12]) \(steps plan, reassign, drain, fence, verify\); generation (\d+) kept",
                       proc.stdout)

@@ -118,3 +118,18 @@ async def test_json_log_lines_of_staging_and_apply_carry_component_disk_gen_seq(
         for e in seen:
             assert (e["component"], e["disk"], e["gen"]) == ("mt", DISK, 1), e
     assert all("component" in e for e in lines)
+
+
+async def test_the_heartbeat_carries_each_disks_apply_failures_and_why_applying_stopped(
+        applied: dict[str, Any]) -> None:
+    """What the CS's ``mt_apply_failing`` / ``mt_apply_stopped`` rules read (cs/health/rules.py)."""
+    mt = applied["mt"]
+    disk = mt.metrics()["disks"][DISK]
+    assert disk["apply_failures"] == 0 and disk["apply_stopped"] is None
+    store, worker = mt.workers[DISK].store, mt.workers[DISK]
+    store.broken, worker.failures = "an apply that failed could not be rolled back (disk full)", 4
+    try:
+        disk = mt.metrics()["disks"][DISK]
+        assert disk["apply_failures"] == 4 and disk["apply_stopped"] == store.broken
+    finally:
+        store.broken, worker.failures = None, 0
