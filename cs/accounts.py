@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common import errors
 from common import logging as dlog
 from cs import model
-from cs.db.models import Account
+from cs.db.models_access import Account
 
 log = dlog.get("drlab.cs.accounts")
 

@@ -1,7 +1,7 @@
 """The audit log: one row per state change of the system of record, written in its transaction.
 
 A session hook (``after_flush`` on every SQLAlchemy session) turns each created, updated or
-deleted row of an audited model into an :class:`~cs.db.models.AuditEvent` — time, actor, entity
+deleted row of an audited model into an :class:`~cs.db.models_access.AuditEvent` — time, actor, entity
 (the table) and id (the primary key), action and ``{column: [old, new]}`` — added to the same
 session, so the commit that stores the change stores its audit row and a rollback drops both.
 Nothing has to be called at the change's site, so no change can forget its row. Bulk statements
@@ -33,7 +33,8 @@ from sqlalchemy.exc import ResourceClosedError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-from cs.db.models import AuditEvent, Base
+from cs.db.models import Base
+from cs.db.models_access import AuditEvent
 
 SYSTEM = "system"
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("drlab_audit_actor", default=SYSTEM)

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common import enroll, errors
 from common import logging as dlog
 from cs.accounts import StoreKey
-from cs.db.models import EnrollmentToken
+from cs.db.models_access import EnrollmentToken
 
 log = dlog.get("drlab.cs.enrollment")
 

@@ -26,7 +26,8 @@ from common import errors
 from common import logging as dlog
 from cs import model, validate
 from cs.db.inventory import DiscoveredMachine, Hypervisor
-from cs.db.models import Account, Component, Machine
+from cs.db.models import Component, Machine
+from cs.db.models_access import Account
 
 log = dlog.get("drlab.cs.hypervisors")
 

@@ -30,7 +30,7 @@ from sqlalchemy import delete, select
 from common import errors
 from common import logging as dlog
 from common.tls import Identity
-from cs.db.models import Operator, OperatorSession
+from cs.db.models_access import Operator, OperatorSession
 from cs.state import CSState
 
 log = dlog.get("drlab.cs.operators")

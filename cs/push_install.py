@@ -28,7 +28,8 @@ from common import errors
 from common import logging as dlog
 from cs import accounts, enrollment, hypervisors, model, runner, sites, validate
 from cs.db.inventory import DiscoveredMachine, Hypervisor
-from cs.db.models import Account, Component, EnrollmentToken, Job
+from cs.db.models import Component, Job
+from cs.db.models_access import Account, EnrollmentToken
 from cs.runner import JobContext
 from cs.state import CSState
 

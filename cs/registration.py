@@ -34,7 +34,8 @@ from common import logging as dlog
 from cs import accounts, enrollment, revocation, upgrade, validate
 from cs.db import meta, repo
 from cs.db.engine import Database
-from cs.db.models import Challenge, Component
+from cs.db.models import Component
+from cs.db.models_access import Challenge
 from cs.state import CSState
 
 log = dlog.get("drlab.cs.registration")

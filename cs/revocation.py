@@ -1,6 +1,6 @@
 """Which component certificates the CS still honours: revocation and passphrase epochs.
 
-Every certificate the CS issues to a component is recorded (:class:`~cs.db.models.Certificate`)
+Every certificate the CS issues to a component is recorded (:class:`~cs.db.models_access.Certificate`)
 with the passphrase epoch it was issued under. Two kinds of serial are refused:
 
 - **revoked** (``drlab cs revoke``): refused by the CS at once (401 ``certificate_revoked``) and,
@@ -32,7 +32,8 @@ from common import errors, http
 from common import logging as dlog
 from cs.db import meta
 from cs.db.engine import Database
-from cs.db.models import Certificate, Component
+from cs.db.models import Component
+from cs.db.models_access import Certificate
 from cs.state import CSState
 
 log = dlog.get("drlab.cs.revocation")

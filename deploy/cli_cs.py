@@ -28,7 +28,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _password(args: argparse.Namespace, default_file: Path | None) -> Any:
-    from cs.backup import Password
+    from cs.backup_archive import Password
 
     if args.password_stdin:
         return Password.from_text(sys.stdin.readline())

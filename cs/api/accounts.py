@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from common import http
 from cs import accounts, model
 from cs.api import paging, spec
-from cs.db.models import Account
+from cs.db.models_access import Account
 from cs.state import state_of
 
 ACCOUNT = spec.obj({"name": spec.STR, "username": spec.STR, "created_ns": spec.INT, "updated_ns": spec.INT})

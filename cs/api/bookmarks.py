@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from common import errors, http
 from common import logging as dlog
-from cs import bookmarks, components, validate
+from cs import bookmarks, bookmarks_core, components, validate
 from cs.api import paging, spec
 from cs.db.models import Bookmark, ReplicationGroup
 from cs.state import STATE, CSState, state_of
@@ -21,7 +21,7 @@ log = dlog.get("drlab.cs.api.bookmarks")
 
 LIST_QUERY = ("limit", "cursor", "state", "group")
 BOOKMARK = spec.obj({"bookmark_id": spec.HEX_ID, "tag": spec.STR, "group": spec.nullable(spec.STR),
-                     "consistency": {"enum": ["app", "crash"]}, "state": {"enum": list(bookmarks.STATES)},
+                     "consistency": {"enum": ["app", "crash"]}, "state": {"enum": list(bookmarks_core.STATES)},
                      "reason": spec.nullable(spec.STR), "members": spec.array(spec.ANY_OBJ)},
                     required=("bookmark_id", "tag", "state", "members"))
 GROUP = spec.obj({"name": spec.STR, "machines": spec.array(spec.HEX_ID), "created_ns": spec.INT,
@@ -48,7 +48,7 @@ async def post_bookmark(request: web.Request) -> web.Response:
 
 
 @spec.route(roles=spec.ADMIN, response=spec.page_of(BOOKMARK), tags=("bookmarks",),
-            query={**spec.PAGE_QUERY, "state": {"enum": list(bookmarks.STATES)}, "group": spec.STR})
+            query={**spec.PAGE_QUERY, "state": {"enum": list(bookmarks_core.STATES)}, "group": spec.STR})
 async def get_bookmarks(request: web.Request) -> web.Response:
     """Bookmarks, newest first, a page at a time (filters: ``state``, ``group``)."""
     http.require_role(request, "admin")
@@ -56,8 +56,8 @@ async def get_bookmarks(request: web.Request) -> web.Response:
     paging.check_query(q, LIST_QUERY)
     page = paging.parse(q, max_limit=bookmarks.MAX_PAGE)
     state_filter = q.get("state")
-    if state_filter is not None and state_filter not in bookmarks.STATES:
-        raise errors.BadRequest(f"state must be one of {', '.join(bookmarks.STATES)}")
+    if state_filter is not None and state_filter not in bookmarks_core.STATES:
+        raise errors.BadRequest(f"state must be one of {', '.join(bookmarks_core.STATES)}")
     group = q.get("group")
     if group is not None and not bookmarks.GROUP_NAME.match(group):
         raise errors.BadRequest("group is not a group name")

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from common import errors, http
 from cs import operators
 from cs.api import paging, spec
-from cs.db.models import Operator
+from cs.db.models_access import Operator
 from cs.state import STATE, state_of
 
 PUBLIC_PATHS = ("/v1/login",)

@@ -1,4 +1,4 @@
-"""The agent's side of bookmarks (agent/bookmarks.py) against a stand-in replicator with the real
+"""The agent's side of bookmarks (agent/bookmarks.py, agent/quiesce.py) against a stand-in replicator with the real
 freeze semantics (one asyncio lock that every write takes): hooks in order around the freeze, hook
 failures and timeouts abort without a tag, group members report and never stay frozen past the
 deadline, and the intervals schedule crash- and app-consistent tags."""
@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from agent import bookmarks
-from agent.bookmarks import BookmarkAgent, FreezeGuard, run_hook
+from agent.bookmarks import BookmarkAgent
+from agent.quiesce import FreezeGuard, run_hook
 from common import errors
 from common.config import AgentConfig
 

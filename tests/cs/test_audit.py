@@ -15,8 +15,9 @@ from sqlalchemy import select, update
 from common import errors
 from cs import audit
 from cs.db.engine import Database
-from cs.db.models import AuditEvent, Policy
+from cs.db.models import Policy
 from cs.db.models import Site as SiteRow
+from cs.db.models_access import AuditEvent
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-"""The two-phase bookmark protocol's pure core (cs/bookmarks.py: Run), without a database."""
+"""The two-phase bookmark protocol's pure core (cs/bookmarks_core.py: Run), without a database."""
 
 from __future__ import annotations
 
 import pytest
 
 from common import errors
-from cs.bookmarks import Member, Report, Run
+from cs.bookmarks_core import Member, Report, Run
 
 A, B = "a1" * 16, "b2" * 16
 DA, DB = "da" * 16, "db" * 16

@@ -13,52 +13,52 @@ import pytest
 from fleet import call, start_fleet, wait_until
 
 from common import component, errors, tls
-from cs import accounts, backup
+from cs import accounts, backup, backup_archive
 from cs.service import CSService
 from deploy.cli import main as drlab
 from tests.conftest import cs_config, start_cs, stop_cs
 
-PASSWORD = backup.Password(b"correct horse battery staple")
+PASSWORD = backup_archive.Password(b"correct horse battery staple")
 FAST_KDF = {"n": 2**10, "r": 8, "p": 1}
 
 
-def sealed(plain: bytes, password: backup.Password = PASSWORD) -> bytes:
+def sealed(plain: bytes, password: backup_archive.Password = PASSWORD) -> bytes:
     out = io.BytesIO()
-    backup.seal(plain, password, out, kdf=FAST_KDF)
+    backup_archive.seal(plain, password, out, kdf=FAST_KDF)
     return out.getvalue()
 
 
-@pytest.mark.parametrize("size", [0, 1, backup.CHUNK_BYTES, 2 * backup.CHUNK_BYTES + 7])
+@pytest.mark.parametrize("size", [0, 1, backup_archive.CHUNK_BYTES, 2 * backup_archive.CHUNK_BYTES + 7])
 def test_archive_round_trip(size: int, seed: int) -> None:
     plain = bytes((seed + i) % 251 for i in range(size))
-    assert backup.open_sealed(io.BytesIO(sealed(plain)), PASSWORD) == plain
+    assert backup_archive.open_sealed(io.BytesIO(sealed(plain)), PASSWORD) == plain
 
 
 def test_wrong_password_and_tampering_are_refused(seed: int) -> None:
     plain = b"secret CA key" * 200_000  # three chunks
     good = sealed(plain)
     with pytest.raises(errors.Unauthorized) as wrong:
-        backup.open_sealed(io.BytesIO(good), backup.Password(b"not the password"))
+        backup_archive.open_sealed(io.BytesIO(good), backup_archive.Password(b"not the password"))
     assert wrong.value.code == "backup_refused" and "password" in wrong.value.message
-    header_end = len(backup.MAGIC) + 4 + int.from_bytes(good[8:12], "big")
+    header_end = len(backup_archive.MAGIC) + 4 + int.from_bytes(good[8:12], "big")
     for pos in (header_end - 3, header_end + 10, len(good) // 2, len(good) - 1):  # header, chunks, last tag
         bad = bytearray(good)
         bad[pos] ^= 0x01
         with pytest.raises(errors.DrlabError):
-            backup.open_sealed(io.BytesIO(bytes(bad)), PASSWORD)
+            backup_archive.open_sealed(io.BytesIO(bytes(bad)), PASSWORD)
     first_len = int.from_bytes(good[header_end:header_end + 4], "big")
     cut = header_end + 4 + first_len
     with pytest.raises(errors.BadRequest, match="truncated"):  # a whole trailing chunk dropped
-        backup.open_sealed(io.BytesIO(good[:cut]), PASSWORD)
+        backup_archive.open_sealed(io.BytesIO(good[:cut]), PASSWORD)
     with pytest.raises(errors.BadRequest):  # a chunk appended after the last one
-        backup.open_sealed(io.BytesIO(good + good[header_end:cut]), PASSWORD)
+        backup_archive.open_sealed(io.BytesIO(good + good[header_end:cut]), PASSWORD)
     with pytest.raises(errors.BadRequest, match="not a drlab"):
-        backup.open_sealed(io.BytesIO(b"PK\x03\x04" + good[4:]), PASSWORD)
+        backup_archive.open_sealed(io.BytesIO(b"PK\x03\x04" + good[4:]), PASSWORD)
 
 
 def test_password_rules() -> None:
     with pytest.raises(errors.ConfigError):
-        backup.Password.from_text("short\n")
+        backup_archive.Password.from_text("short\n")
     assert "horse" not in repr(PASSWORD)
 
 

@@ -14,7 +14,7 @@ from cshelpers import Site, raw
 from common import auth, component, enroll, errors, tls
 from common.http import ApiClient
 from cs import accounts, enrollment, registration, revocation
-from cs.db.models import Challenge, EnrollmentToken
+from cs.db.models_access import Challenge, EnrollmentToken
 from tests.conftest import stored_bytes
 
 

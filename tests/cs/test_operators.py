@@ -96,7 +96,7 @@ async def test_login_sessions_cookie_and_logout(site: Site) -> None:
     async with site.env.service.state.db.read() as session:  # type: ignore[union-attr]
         from sqlalchemy import select
 
-        from cs.db.models import OperatorSession
+        from cs.db.models_access import OperatorSession
         stored = (await session.scalars(select(OperatorSession))).all()
     assert [s.token_sha256 for s in stored] == [operators.token_hash(token)]  # only the hash is kept
     status, body, resp = await call(url, anon, "POST", "/v1/logout", {}, token=token)
