@@ -1,12 +1,14 @@
-"""Running recovery plans (cs/plans.py) as CS jobs: ``plan-failover`` and ``plan-cleanup``.
+"""Running recovery plans (cs/plans.py) as CS jobs: ``plan-failover``, ``plan-cleanup`` and ``plan-commit``.
 
 Rules:
 - the plan's groups are copied into the job at the request: a later edit of the plan does not
   change a running job;
 - groups run in order; a group's ``pre`` actions, then its machines in parallel (each a machine
-  operation job of cs/machine_ops.py: test failover, unplanned failover or cleanup, all started
-  at once and waited for until final), then its ``post`` actions. Any machine failing fails the
-  plan (later groups do not start);
+  operation job of cs/machine_ops.py: test, unplanned or planned failover, cleanup or commit, all
+  started at once and waited for until final), then its ``post`` actions. Any machine failing fails
+  the plan (later groups do not start);
+- a planned plan failover runs each machine's planned failover (cs/planned.py: its source stops,
+  everything drains, it fails over at the source's final W): it takes no point;
 - a script action runs on the CS host as ``/bin/sh -c SCRIPT`` (the text its admin wrote; no other
   shell is involved), with its timeout, in a minimal environment (``PATH``, ``DRLAB_PLAN``,
   ``DRLAB_GROUP`` 1-based, ``DRLAB_MODE``, ``DRLAB_JOB_ID``): a non-zero exit or the timeout fails
@@ -14,7 +16,9 @@ Rules:
 - a manual action pauses the job: it records the step ``waiting: INSTRUCTION`` and waits until
   an admin POSTs ``/v1/jobs/{id}/resume``; the pause is in the job's params, so a CS restart keeps
   it (the handler re-runs, skipping the recorded steps, and waits again);
-- a plan cleanup cleans up the test failover of every machine that has one (no actions run).
+- a plan cleanup cleans up the test failover of every machine that has one; a plan commit commits
+  the unplanned or planned failover of every machine not committed yet (409 at the request if one has
+  no such failover, or if every machine is committed already). Neither runs actions.
 A step is recorded when each action and each group's machines are done; a re-run skips those.
 """
 
@@ -42,8 +46,12 @@ log = dlog.get("drlab.cs.plan_jobs")
 
 FAILOVER_KIND = "plan-failover"
 CLEANUP_KIND = "plan-cleanup"
-KINDS = (FAILOVER_KIND, CLEANUP_KIND)
-OP_OF_MODE = {"test": "test-failover", "unplanned": "failover", "cleanup": "cleanup"}
+COMMIT_KIND = "plan-commit"
+KINDS = (FAILOVER_KIND, CLEANUP_KIND, COMMIT_KIND)
+FAILOVER_MODES = ("test", "unplanned", "planned")  # the modes POST /v1/plans/{name}/failover takes
+KIND_OF_MODE = {"cleanup": CLEANUP_KIND, "commit": COMMIT_KIND, **dict.fromkeys(FAILOVER_MODES, FAILOVER_KIND)}
+OP_OF_MODE = {"test": "test-failover", "unplanned": "failover", "planned": "planned-failover", "cleanup": "cleanup",
+              "commit": "commit"}
 TAIL_CHARS = 1000
 MACHINES_TIMEOUT_S = 3 * machine_ops.TIMEOUT_S
 
@@ -54,18 +62,32 @@ def target_of(plan_name: str) -> str:
 
 
 def parse_request(body: dict[str, Any]) -> tuple[str, Any, bool]:
-    """``{"mode": "test"|"unplanned", "point"?, "image"?}`` -> (mode, point, image)."""
+    """``{"mode": "test"|"unplanned"|"planned", "point"?, "image"?}`` -> (mode, point, image) (pure);
+    a planned failover takes no point (it fails over where each source stopped)."""
     model.body_keys(body, allowed=("mode", "point", "image"), required=("mode",))
-    mode = machine_ops.parse_mode(body, None)
-    assert mode is not None
+    mode = body["mode"]
+    if mode not in FAILOVER_MODES:
+        raise errors.BadRequest(f"mode must be one of {', '.join(FAILOVER_MODES)}")
+    if mode == "planned" and "point" in body:
+        raise errors.BadRequest("a planned failover takes no point: each machine fails over at the W where "
+                                "its source stopped")
     return mode, machines.parse_point({k: v for k, v in body.items() if k == "point"}), validate.flag(body, "image")
 
 
+def skipped(mode: str, current: dict[str, Any] | None) -> bool:
+    """Whether a plan job of ``mode`` leaves a machine alone (pure): a cleanup one without a
+    failover, a commit one committed already."""
+    if mode == "cleanup":
+        return current is None
+    return mode == "commit" and (current or {}).get("mode") == "committed"
+
+
 async def request(state: CSState, name: str, mode: str, point: Any = "latest", image: bool = False) -> str:
-    """Queue a plan failover (``mode`` test|unplanned) or cleanup (``mode`` cleanup): 404 for an
-    unknown plan, 409 while a job of the plan runs or when a machine could not take its operation.
-    ``image``: every machine's failover writes its disks' image files too."""
-    kind = CLEANUP_KIND if mode == "cleanup" else FAILOVER_KIND
+    """Queue a plan failover (``mode`` test|unplanned|planned), cleanup or commit (``mode`` cleanup|
+    commit): 404 for an unknown plan, 409 while a job of the plan runs or when a machine could not
+    take its operation (a commit: also when every machine is committed already). ``image``: every
+    machine's failover writes its disks' image files too."""
+    kind = KIND_OF_MODE[mode]
     async with state.change() as session:
         plan = await model.get_or_404(session, RecoveryPlan, name, "recovery plan")
         going = (await session.scalars(select(Job.job_id).where(
@@ -73,12 +95,16 @@ async def request(state: CSState, name: str, mode: str, point: Any = "latest", i
         if going is not None:
             raise errors.Conflict(f"recovery plan {name} has a job in progress ({going})")
         groups = list(plan.groups or [])
+        left = 0
         for group in groups:  # what the groups would refuse, refused now
             for machine_id in group["machines"]:
-                await machines._machine_disks(session, machine_id)
                 current = await machine_ops.current(session, machine_id)
-                if mode != "cleanup" or current is not None:
+                if not skipped(mode, current):
                     machine_ops.check(OP_OF_MODE[mode], current, machine_id)
+                    await machines._machine_disks(session, machine_id)  # 409 without a protected disk
+                    left += 1
+        if mode == "commit" and not left:
+            raise errors.Conflict(f"recovery plan {name}: every machine is committed already")
         params = {"plan": name, "mode": mode, "point": point, "groups": groups, "children": {}, "waiting": None,
                   "resumed": [], **({"image": True} if image else {})}
         job_id = await runner.submit(session, kind, params, target_id=target_of(name))
@@ -183,8 +209,8 @@ async def _machines(ctx: JobContext, group: int, machine_ids: list[str], percent
         started: dict[str, str] = {}
         async with ctx.state.change() as session:
             for machine_id in machine_ids:
-                if op == "cleanup" and await machine_ops.current(session, machine_id) is None:
-                    continue  # nothing to clean up there
+                if skipped(ctx.params["mode"], await machine_ops.current(session, machine_id)):
+                    continue  # nothing to clean up or commit there
                 started[machine_id] = await machine_ops.request(session, op, machine_id, ctx.params["point"],
                                                                 bool(ctx.params.get("image")))
         children[str(group)] = started
@@ -207,7 +233,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
 
 async def run(ctx: JobContext) -> dict[str, Any]:
     groups: list[dict[str, Any]] = ctx.params["groups"]
-    cleanup = ctx.params["mode"] == "cleanup"
+    cleanup = ctx.params["mode"] not in FAILOVER_MODES  # a cleanup or commit: no actions
     out: dict[str, Any] = {}
     for i, group in enumerate(groups, 1):
         share = 100.0 / max(1, len(groups))
@@ -225,3 +251,4 @@ async def run(ctx: JobContext) -> dict[str, Any]:
 
 runner.handler(FAILOVER_KIND)(run)
 runner.handler(CLEANUP_KIND)(run)
+runner.handler(COMMIT_KIND)(run)

@@ -1,7 +1,8 @@
 """``drlab cs`` subcommands for certificates, the passphrase and backups:
 
     drlab cs revoke COMPONENT_ID [--data-dir CS_DIR]      (admin API: refused everywhere at once)
-    drlab cs passphrase rotate --data-dir CS_DIR          (new passphrase, shown once, saved 0600)
+    drlab cs passphrase rotate [--data-dir CS_DIR]        (new passphrase, shown once, saved 0600;
+                                                          default: the lab's CS dir, from --dir/--topology)
     drlab cs backup --data-dir CS_DIR --out FILE          (online; encrypted)
     drlab cs restore --from FILE --data-dir NEW_DIR       (into a fresh data dir / database)
 
@@ -48,7 +49,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         files = tls.IdentityFiles(Path(args.data_dir) / "admin")
         url = args.cs_url or str(files.read_meta()["cs_url"])
     else:
-        from deploy.cli import _lab
+        from deploy.cli_lab import lab_of as _lab
 
         lab = _lab(args)
         files = tls.IdentityFiles(Path(args.admin_dir)) if args.admin_dir else lab.admin_files
@@ -70,12 +71,22 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def lab_cs_dir(args: argparse.Namespace) -> Path:
+    """The CS data dir of the lab named by ``--dir`` / ``--topology`` (deploy/lab.py ``Lab.cs_dir``)."""
+    from deploy.cli_lab import lab_of as _lab
+
+    return Path(_lab(args).cs_dir)
+
+
 def cmd_passphrase_rotate(args: argparse.Namespace) -> int:
+    """Rotate in ``--data-dir``, or without it in the lab's CS dir; not an initialised CS: exit 2."""
     from cs import accounts
     from cs.ca import Layout
     from cs.db.engine import Database
     from cs.registration import rotate_passphrase
 
+    if not args.data_dir:
+        args.data_dir = str(lab_cs_dir(args))
     cfg = _config(args)
     layout = Layout(cfg.data_dir)
     if not layout.ca_cert.exists():
@@ -136,7 +147,8 @@ def add_parsers(cs: Any) -> None:
     pp = cs.add_parser("passphrase", help="the registration passphrase").add_subparsers(
         dest="passphrase_command", required=True)
     rot = pp.add_parser("rotate", help="a new passphrase; components must register again with it")
-    rot.add_argument("--data-dir", required=True)
+    rot.add_argument("--data-dir", default=None, help="the CS data dir (default: the lab's CS dir, from --dir "
+                     "and --topology)")
     rot.add_argument("--db-url", default=None, help="database URL (default: SQLite in the data dir)")
     rot.set_defaults(func=cmd_passphrase_rotate)
 

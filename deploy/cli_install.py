@@ -87,7 +87,8 @@ def config_of(role: str, args: argparse.Namespace, data_dir: Path) -> dict[str, 
     """The config file's keys for ``role`` from the command line (pure)."""
     out: dict[str, Any] = {"data_dir": str(data_dir), "cs_url": cs_url_of(args.cs),
                            "passphrase_file": str(Path(args.passphrase_file).resolve()),
-                           "host_id": args.host_id or default_host_id(role), "address": args.address}
+                           "host_id": args.host_id or default_host_id(role), "address": args.address,
+                           "log_file": str(data_dir / f"{role}.log")}  # JSON lines; the console text goes to ROLE.out
     if role in ("ps", "mt"):
         out["listen_host"] = args.address
         out["data_port"] = args.data_port

@@ -1,7 +1,9 @@
 """CLI of failover operations and recovery plan runs (cs/machine_ops.py, cs/plan_jobs.py):
 
 ``drlab machine test-failover|cleanup|failover|change-point|commit MACHINE [--point ...] [--image] [--wait]``,
-``drlab plan failover NAME [--test] [--point ...] [--image] [--wait]``, ``drlab plan cleanup NAME [--wait]``
+``drlab machine image MACHINE [--wait]`` (the image files of its failover's views, later: cs/machine_image.py),
+``drlab plan failover NAME [--test|--planned] [--point ...] [--image] [--wait]``,
+``drlab plan cleanup|commit NAME [--wait]``
 and ``drlab job resume ID``. With ``--wait`` the job is followed (deploy/cli_progress.py: a progress
 bar on a terminal, its steps otherwise, then a summary table or ``--json`` the job) and the exit
 status is 0 if it succeeded, 1 if it failed, 3 if it did not end in ``--timeout-s``; without, the
@@ -23,7 +25,9 @@ MACHINE_OPS = {"test-failover": ("test-failover", "test failover: a view of ever
                "planned-failover": ("planned-failover", "planned failover: the source stops, everything drains, "
                                                         "nothing is lost"),
                "change-point": ("change-point", "move the machine's failover to another point (before commit)"),
-               "commit": ("commit", "commit the machine's unplanned or planned failover")}
+               "commit": ("commit", "commit the machine's unplanned or planned failover"),
+               "image": ("image", "write the image file of every disk's failover view as it is now "
+                                  "(test, unplanned or planned failover, before commit)")}
 WITH_POINT = ("test-failover", "failover", "change-point")
 WITH_IMAGE = ("test-failover", "failover", "planned-failover", "change-point")  # --image: image files too
 
@@ -53,14 +57,27 @@ def cmd_machine_op(args: argparse.Namespace) -> int:
     return _run(args, f"/v1/machines/{args.machine_id}/{route}", body)
 
 
-def cmd_plan_failover(args: argparse.Namespace) -> int:
-    body = {"mode": "test" if args.test else "unplanned", "point": point_of(args),
+def plan_failover_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The request of ``drlab plan failover`` (pure): a planned failover takes no point."""
+    if args.test and args.planned:
+        raise errors.BadRequest("--test and --planned exclude each other")
+    if args.planned and (args.point != "latest" or args.wnum is not None or args.time_ns is not None):
+        raise errors.BadRequest("a planned failover takes no point: each machine fails over where its source stopped")
+    mode = "test" if args.test else "planned" if args.planned else "unplanned"
+    return {"mode": mode, **({} if args.planned else {"point": point_of(args)}),
             **({"image": True} if args.image else {})}
-    return _run(args, f"/v1/plans/{args.name}/failover", body)
+
+
+def cmd_plan_failover(args: argparse.Namespace) -> int:
+    return _run(args, f"/v1/plans/{args.name}/failover", plan_failover_body(args))
 
 
 def cmd_plan_cleanup(args: argparse.Namespace) -> int:
     return _run(args, f"/v1/plans/{args.name}/cleanup-test-failover", {})
+
+
+def cmd_plan_commit(args: argparse.Namespace) -> int:
+    return _run(args, f"/v1/plans/{args.name}/commit", {})
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -110,9 +127,11 @@ def add_parsers(sub: Any) -> None:
             _image(p)
         p.set_defaults(func=cmd_machine_op, op=op)
     plan = _subparsers(sub.choices["plan"])
-    fo = plan.add_parser("failover", help="fail a recovery plan over (groups in order); --test: a test failover")
+    fo = plan.add_parser("failover", help="fail a recovery plan over (groups in order); --test: a test failover, "
+                         "--planned: a planned one (every source stops and drains: nothing lost)")
     fo.add_argument("name")
     fo.add_argument("--test", action="store_true")
+    fo.add_argument("--planned", action="store_true")
     _image(fo)
     _waiting(fo, True)
     fo.set_defaults(func=cmd_plan_failover)
@@ -120,6 +139,10 @@ def add_parsers(sub: Any) -> None:
     cl.add_argument("name")
     _waiting(cl, False)
     cl.set_defaults(func=cmd_plan_cleanup)
+    cm = plan.add_parser("commit", help="commit a recovery plan's unplanned or planned failover")
+    cm.add_argument("name")
+    _waiting(cm, False)
+    cm.set_defaults(func=cmd_plan_commit)
     job = sub.choices["job"]
     job.add_argument("resume_id", nargs="?", default=None, help="with `resume`: the paused plan job to resume")
     job.set_defaults(func=cmd_job)

@@ -38,7 +38,7 @@ def admin_identity(args: argparse.Namespace) -> tls.IdentityFiles:
     if args.admin_dir:
         files = tls.IdentityFiles(Path(args.admin_dir))
     else:
-        from deploy.cli import _lab
+        from deploy.cli_lab import lab_of as _lab
 
         files = _lab(args).admin_files
     if not files.exists():

@@ -15,14 +15,13 @@ EVENT = spec.obj({"audit_id": spec.INT, "at_ns": spec.INT, "actor": spec.STR, "e
                   "entity_id": spec.STR, "action": {"enum": ["create", "update", "delete"]},
                   "changes": spec.ANY_OBJ})
 MAX_PAGE = spec.MAX_PAGE
+MAX_CURSOR = 2**63 - 1  # an audit id (a signed 64-bit column)
 
 
 def _int(text: str | None, what: str, default: int | None, high: int) -> int | None:
-    if text is None:
-        return default
-    if not text.isascii() or not text.isdigit() or len(text) > 19 or not 1 <= int(text) <= high:
-        raise errors.BadRequest(f"{what} must be an integer in [1, {high}]")
-    return int(text)
+    """``default`` when absent, else ``text`` as an integer in [1, ``high``] (400 otherwise, a huge
+    or malformed number too: :func:`paging.bounded_int`)."""
+    return default if text is None else paging.bounded_int(text, what, high)
 
 
 def _short(text: str | None, what: str) -> str | None:
@@ -37,11 +36,9 @@ async def get_audit(request: web.Request) -> web.Response:
     """The audit log, newest first, a page at a time; filter by ``entity`` (table), ``entity_id``, ``actor``."""
     http.require_role(request, "admin")
     query = request.query
-    unknown = sorted(set(query) - set(QUERY))
-    if unknown:
-        raise errors.BadRequest(f"unknown query parameter {unknown[0][:64]!r}; known: {', '.join(QUERY)}")
+    paging.check_query(query, QUERY)
     limit = _int(query.get("limit"), "limit", spec.DEFAULT_PAGE, MAX_PAGE)
-    before = _int(query.get("cursor"), "cursor", None, 2**63 - 1)
+    before = _int(query.get("cursor"), "cursor", None, MAX_CURSOR)
     entity = model.name(query["entity"], "entity") if "entity" in query else None
     assert limit is not None
     async with state_of(request).db.read() as session:

@@ -14,7 +14,7 @@ from aiohttp import web
 from common import errors, http
 from common import logging as dlog
 from cs import dashboard
-from cs.api import spec
+from cs.api import paging, spec
 from cs.dashboard import rpo
 from cs.state import STATE, state_of
 
@@ -22,6 +22,7 @@ log = dlog.get("drlab.cs.dashboard")
 
 PAGE = "/dashboard"
 PUBLIC_PATHS = (PAGE, f"{PAGE}/", *(f"{PAGE}/{name}" for name in dashboard.ASSETS))
+MAX_NS = 2**63 - 1  # since_ns: a signed 64-bit time in ns
 SAMPLE_INTERVAL_S = 5.0  # the background sampler; a watched page adds a sample per second at most
 HISTORY = web.AppKey("dashboard_rpo_history", rpo.History)
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
@@ -56,16 +57,14 @@ async def get_asset(request: web.Request) -> web.Response:
 
 
 def _since(request: web.Request) -> int:
-    unknown = sorted(set(request.query) - {"since_ns"})
-    if unknown:
-        raise errors.BadRequest(f"unknown query parameter {unknown[0][:64]!r}; known: since_ns")
+    """``since_ns``: 0 (the default: the whole history) or ns since the epoch in [1, 2**63 - 1];
+    400 otherwise (a huge or malformed number too: :func:`paging.bounded_int`)."""
+    paging.check_query(request.query, ("since_ns",))
     text = request.query.get("since_ns", "0")
-    if not text.isascii() or not text.isdigit() or len(text) > 20:
-        raise errors.BadRequest("since_ns must be a non-negative integer (ns since the epoch)")
-    return int(text)
+    return 0 if text == "0" else paging.bounded_int(text, "since_ns (ns since the epoch, or 0)", MAX_NS)
 
 
-@spec.route(roles=spec.ADMIN, query={"since_ns": {"type": "integer", "minimum": 0, "default": 0}},
+@spec.route(roles=spec.ADMIN, query={"since_ns": {"type": "integer", "minimum": 0, "maximum": MAX_NS, "default": 0}},
             response=RPO_ANSWER, tags=("dashboard",))
 async def get_rpo(request: web.Request) -> web.Response:
     """Every machine's RPO now (worst disk; disks without a point yet are left out) and the samples

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import errors, http
-from cs import components, machine_ops, machines, planned, validate
+from cs import components, machine_image, machine_ops, machines, planned, validate
 from cs.api import paging, spec
 from cs.state import state_of
 
@@ -111,6 +111,18 @@ async def post_commit(request: web.Request) -> web.Response:
     return await _operation(request, "commit", takes_point=False)
 
 
+@spec.route(roles=spec.ADMIN, request=spec.obj({}, required=()), response=JOB, status=202, tags=("machines",))
+async def post_image(request: web.Request) -> web.Response:
+    """Write the image file of every disk's view of the machine's failover (test, unplanned or
+    planned, before commit) as it is now (a job, cs/machine_image.py; ``image_path`` per disk in its
+    result). 409 without a failover view or while an operation of the machine is going."""
+    http.require_role(request, "admin")
+    machine_id = validate.hex_id(request.match_info["machine_id"], "machine_id")
+    if await http.read_json(request):
+        raise errors.BadRequest("image takes no parameters")
+    return web.json_response({"job_id": await machine_image.submit(state_of(request), machine_id)}, status=202)
+
+
 @spec.route(roles=spec.ADMIN, request=spec.obj({"image": spec.BOOL}, required=()), response=JOB, status=202,
             tags=("machines",))
 async def post_planned(request: web.Request) -> web.Response:
@@ -138,3 +150,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/machines/{machine_id}/cleanup-test-failover", post_cleanup)
     app.router.add_post("/v1/machines/{machine_id}/change-point", post_change_point)
     app.router.add_post("/v1/machines/{machine_id}/commit", post_commit)
+    app.router.add_post("/v1/machines/{machine_id}/image", post_image)

@@ -1,5 +1,5 @@
-"""Recovery plans for the admin: ``/v1/plans`` (CRUD) and running them (``plan-failover`` and
-``plan-cleanup`` jobs, cs/plan_jobs.py)."""
+"""Recovery plans for the admin: ``/v1/plans`` (CRUD) and running them (``plan-failover``,
+``plan-cleanup`` and ``plan-commit`` jobs, cs/plan_jobs.py)."""
 
 from __future__ import annotations
 
@@ -83,15 +83,15 @@ async def delete_plan(request: web.Request) -> web.Response:
 JOB = spec.obj({"job_id": spec.HEX_ID})
 
 
-@spec.route(roles=spec.ADMIN, request=spec.obj({"mode": {"enum": ["test", "unplanned"]},
+@spec.route(roles=spec.ADMIN, request=spec.obj({"mode": {"enum": list(plan_jobs.FAILOVER_MODES)},
                                                "point": {"type": ["string", "object"]}, "image": spec.BOOL},
                                   required=("mode",)),
             response=JOB, status=202, tags=("plans",))
 async def post_plan_failover(request: web.Request) -> web.Response:
     """Fail a plan over (a ``plan-failover`` job): groups in order, each group's machines in parallel
-    (test or unplanned failover to ``point``; ``"image": true``: with every disk's image file), pre/post
-    actions; a manual action pauses the job until POST /v1/jobs/{id}/resume. 409 while a job of the
-    plan runs or a machine is not ready."""
+    (test or unplanned failover to ``point``, or planned failover: each source stops and drains, no
+    point; ``"image": true``: with every disk's image file), pre/post actions; a manual action pauses
+    the job until POST /v1/jobs/{id}/resume. 409 while a job of the plan runs or a machine is not ready."""
     http.require_role(request, "admin")
     name = _name(request)
     mode, point, image = plan_jobs.parse_request(await http.read_json(request))
@@ -109,6 +109,16 @@ async def post_plan_cleanup(request: web.Request) -> web.Response:
     return web.json_response({"job_id": await plan_jobs.request(state_of(request), name, "cleanup")}, status=202)
 
 
+@spec.route(roles=spec.ADMIN, request=spec.obj({}, required=()), response=JOB, status=202, tags=("plans",))
+async def post_plan_commit(request: web.Request) -> web.Response:
+    """Commit a plan's unplanned or planned failover (a ``plan-commit`` job): every machine of the plan
+    not committed yet, group by group. 409 if a machine has no such failover or all are committed."""
+    http.require_role(request, "admin")
+    name = _name(request)
+    model.body_keys(await http.read_json(request), allowed=())
+    return web.json_response({"job_id": await plan_jobs.request(state_of(request), name, "commit")}, status=202)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/plans", get_plans)
     app.router.add_post("/v1/plans", post_plan)
@@ -117,3 +127,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/plans/{name}", delete_plan)
     app.router.add_post("/v1/plans/{name}/failover", post_plan_failover)
     app.router.add_post("/v1/plans/{name}/cleanup-test-failover", post_plan_cleanup)
+    app.router.add_post("/v1/plans/{name}/commit", post_plan_commit)

@@ -11,7 +11,7 @@ from cs.db.models import Component, Disk, Job
 
 ACTIVE_JOB_STATES = ("queued", "running")
 # the jobs an MT runs (the CS runner's kinds stay on the CS); view-* act on a failover's view (mt/jobs.py)
-MT_JOB_KINDS = ("failover", "points", "view-change", "view-drop", "view-commit")
+MT_JOB_KINDS = ("failover", "points", "view-change", "view-drop", "view-commit", "view-image")
 
 
 async def component_by_host(session: AsyncSession, role: str, host_id: str) -> Component | None:

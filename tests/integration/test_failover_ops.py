@@ -2,7 +2,8 @@
 process, a workload per machine): a test failover of a machine while replication goes on, a change of
 its point, its cleanup; a plan of two groups (a script before the first, a manual step after it,
 resumed by the test) failing both machines over for a test, then cleaned up; an unplanned failover
-and its commit through the CLI, after which the MT's settings no longer list the disk. The oracle
+and its commit through the CLI, after which the MT's settings no longer list the disk; a plan's planned
+failover of m1 and the plan's commit through the CLI. The oracle
 checks every image (and the committed replica) byte for byte at the machine's W."""
 
 from __future__ import annotations
@@ -140,3 +141,16 @@ async def test_failover_operations_and_a_recovery_plan(lab2: Lab, seed: int, tmp
         # m1 still replicates
         assert (await write_some(sc1, admin))["latest_wnum"] > second.wnum
         assert time.monotonic() - started < 60
+
+        # a planned failover of a plan (m1: its agent stops, drains, fails over at its final W), committed
+        started = time.monotonic()
+        await api.post("/v1/plans", {"name": "planned", "groups": [{"machines": [sc1.machine_id]}]})
+        planned = job_of(drlab(lab, "--json", "plan", "failover", "planned", "--planned", "--wait",
+                               "--timeout-s", "90"))
+        assert planned["state"] == "succeeded" and planned["result"]["mode"] == "planned", planned
+        op = await admin.job(planned["result"]["machines"][sc1.machine_id]["job_id"])
+        assert op["kind"] == "machine-planned-failover" and op["result"]["source_wnum"] == op["result"]["wnum"], op
+        commit = job_of(drlab(lab, "--json", "plan", "commit", "planned", "--wait", "--timeout-s", "90"))
+        assert commit["state"] == "succeeded" and commit["kind"] == "plan-commit", commit
+        assert {d["state"] for d in await admin.disks() if d["disk_id"] == sc1.disk_ids["disk0"]} == {"committed"}
+        print(f"planned plan failover and commit: {time.monotonic() - started:.1f} s")

@@ -10,6 +10,7 @@ task to these commands."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,13 @@ def exists(path: Path) -> bool:
 
 def text_of(path: Path) -> str:
     return path.read_text()
+
+
+async def started_twice(log_file: Path) -> bool:
+    """The installed PS logs JSON lines to DATA/ps.log: two starts (install --start, restart)."""
+    log = [json.loads(line) for line in text_of(log_file).splitlines()]
+    assert {e["component"] for e in log} == {"ps"}
+    return [e["event"] for e in log].count("ps_started") == 2
 
 
 async def ps_id_of(admin: Any, host_id: str) -> str | None:
@@ -96,6 +104,7 @@ async def test_documented_ps_tasks_end_to_end(make_lab: LabMaker, seed: int, tmp
         await cli(lab, "ps", "reregister", "--dir", str(data), "--passphrase-file", str(lab.passphrase_file))
         assert "started" in (await cli(lab, "ps", "restart", "--dir", str(data))).stdout
         assert await ps_id_of(admin, "ps3") == ps3 and exists(data / "cache")
+        await until("the restarted PS logged its start", 20, lambda: started_twice(data / "ps.log"))
         await under_load(sc)  # the restarted PS, on its re-registered identity, carries the writes
         refused = await cli(lab, "ps", "remove", "ps3", ok=False)
         assert "move them first" in refused.stderr
