@@ -4,7 +4,8 @@ line (a wrong passphrase first: nothing left), start it as a service, load-balan
 under load, route its uploads through an authenticating HTTP CONNECT proxy and back, check the
 connection end to end, re-register it and restart it (same id, cache kept), refuse its
 decommission while it serves a machine, switch the machine back, remove it, uninstall it.
-The oracle checks the machine's latest point at the end. docs/PS_TASKS.md maps each documented
+The oracle checks the machine's latest point; then the machine's failover properties are set
+(a target name breaking the rule first). docs/PS_TASKS.md maps each documented
 task to these commands."""
 
 from __future__ import annotations
@@ -117,6 +118,11 @@ async def test_documented_ps_tasks_end_to_end(make_lab: LabMaker, seed: int, tmp
         await under_load(sc)
         assert (await disk_entry(admin, sc.disk_id))["ps_id"] != ps3
         await oracle_latest(admin, sc)
+        bad = await cli(lab, "machine", "properties", "m1", "--target-name", "web_01", ok=False)
+        assert "letters, digits and hyphens" in bad.stderr
+        await cli(lab, "machine", "properties", "m1", "--target-name", "web-01", "--target-size", "Standard_D14")
+        shown = await cli(lab, "--json", "machine", "properties", "m1")
+        assert json.loads(shown.stdout)["target_name"] == "web-01"
     finally:
         if exists(data):
             await cli(lab, "ps", "stop", "--dir", str(data), "--force", ok=None)
