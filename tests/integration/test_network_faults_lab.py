@@ -42,7 +42,7 @@ from tests.integration.conftest import down_clean, until, write_topology
 
 RPO_THRESHOLD_S = 4
 HEALTH = {"evaluate_interval_s": 0.5}
-REQUEST_TIMEOUT_S = 5.0
+STALL_TIMEOUT_S = 3.0  # a silent peer is given up after this; requests keep the default 30 s bound
 NOISY = Faults(latency_s=0.02, jitter_s=0.02, bandwidth_bps=3e6, drop_p=0.15, reset_p=0.15, half_open_p=0.1,
                fault_window_s=2.0)
 STRIKES = (("half_open", "up"), ("reset", "up"), ("drop", "up"), ("half_open", "down"))
@@ -59,13 +59,13 @@ async def proxies_for(node: Node, seed: int) -> list[FaultProxy]:
 
 
 async def up_with_short_timeouts(lab: Lab) -> None:
-    """``lab.up`` with short health intervals in the CS's config file and a short request timeout
-    for the others (a half-open connection holds a request until it: 30 s by default)."""
+    """``lab.up`` with short health intervals in the CS's config file and a short stall timeout for
+    the others (a half-open connection holds a request until it: 10 s by default)."""
     await lab.init()
     lab.write_configs()
     cs = lab.topology.cs
     for node in lab.topology.nodes:
-        extra = {"health": HEALTH} if node is cs else {"request_timeout_s": REQUEST_TIMEOUT_S}
+        extra = {"health": HEALTH} if node is cs else {"stall_timeout_s": STALL_TIMEOUT_S}
         lab.config_path(node).write_text(dump_toml({**lab.config_for(node), **extra}))
     lab.start_node(cs)
     await lab.wait_cs(60)
