@@ -1,10 +1,15 @@
 """The oracle: the disk image a recovery point claims, rebuilt from the workload's write log.
 
-A point with ``wnum_hi`` contains, for its disk, exactly the logged writes (prefill and
-workload) with wnum <= wnum_hi, and each write *in doubt* (the agent was killed before it
-answered) either wholly or not at all (docs/PROTOCOL.md, "Recovery point semantics"). The expected
-image is those writes applied in wnum order to a zero disk, their data regenerated from the
-log's seed and profile (common.datagen). An image is right only if it equals that byte for byte.
+A point with ``wnum_hi`` contains, for its disk, exactly the logged workload writes with wnum <=
+wnum_hi, each write *in doubt* (the agent was killed before it answered) either wholly or not at
+all (docs/PROTOCOL.md, "Recovery point semantics"), and the prefill the disk held by then
+(:func:`point_records`). The expected image is those records applied in wnum order to a zero disk,
+their data regenerated from the log's seed and profile (common.datagen). An image is right only if
+it equals that byte for byte.
+
+W is the agent's write counter. A prefill is written straight into the image, unseen by the agent:
+its log numbers (which only give its data) advance no counter, so the initial replication's point,
+cut before the first workload write, has W 0 (or the agent's last W) and yet holds the whole prefill.
 
 A machine point (several disks, one write counter) is checked at one W: every disk's image must
 be the image of that disk's logged writes <= W (:func:`verify_machine`). Per-disk points taken
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.datagen import data_for
-from common.wire.writelog import KIND_DOUBT, KIND_WRITE, LogIndex, LogRecord
+from common.wire.writelog import KIND_DOUBT, KIND_PREFILL, KIND_WRITE, LogIndex, LogRecord
 
 BLOCK = 1 << 20
 
@@ -59,12 +64,36 @@ def _b(v: int | None) -> str:
     return "EOF" if v is None else f"0x{v:02x}"
 
 
+def point_records(index: LogIndex, wnum_hi: int, disk: int | None = None) -> list[LogRecord]:
+    """The records a point at W ``wnum_hi`` holds (of ``disk`` if given), in wnum order: every record
+    with wnum <= W, and the prefill records logged right after them (before the next workload
+    write). A prefill record belongs to every W from the machine's counter when it was made (the
+    last workload wnum logged before it, 0 if none): a prefill made before any workload write is in
+    every point, W 0 included. A point at a lower W holds a prefix of these."""
+    head = len(index.upto(wnum_hi))
+    end = head
+    while end < len(index.records) and index.records[end].kind == KIND_PREFILL:
+        end += 1
+    records = index.records[:end]
+    return records if disk is None else [r for r in records if r.disk == disk]
+
+
+def _after(index: LogIndex, disk: int, wnum_lo: int, wnum_hi: int) -> list[LogRecord]:
+    """The disk's records a point at ``wnum_hi`` holds and one at ``wnum_lo`` (<= it) does not."""
+    return point_records(index, wnum_hi, disk)[len(point_records(index, wnum_lo, disk)):]
+
+
+def _last_covering(records: Sequence[LogRecord], offset: int) -> LogRecord | None:
+    return next((r for r in reversed(records) if r.offset <= offset < r.end), None)
+
+
 def apply_records(index: LogIndex, disk_index: int, size_bytes: int, wnum_hi: int, fd: int,
                   with_doubts: bool = False) -> int:
-    """Write the disk's records up to ``wnum_hi`` into ``fd`` in wnum order; returns how many.
-    Writes in doubt (the agent died before answering) are left out unless ``with_doubts``."""
+    """Write the disk's records of the point at ``wnum_hi`` (:func:`point_records`) into ``fd`` in
+    wnum order; returns how many. Writes in doubt (the agent died before answering) are left out
+    unless ``with_doubts``."""
     seed, prof = index.header.data_args()
-    records = [r for r in index.upto(wnum_hi, disk_index) if with_doubts or r.kind != KIND_DOUBT]
+    records = [r for r in point_records(index, wnum_hi, disk_index) if with_doubts or r.kind != KIND_DOUBT]
     for rec in records:
         if rec.end > size_bytes:
             raise ValueError(f"logged write {rec.wnum} [{rec.offset}, +{rec.length}) exceeds {size_bytes} bytes")
@@ -73,7 +102,7 @@ def apply_records(index: LogIndex, disk_index: int, size_bytes: int, wnum_hi: in
 
 
 def expected_image(log_path: Path, disk_index: int, size_bytes: int, wnum_hi: int, out_path: Path) -> int:
-    """Build at ``out_path`` (a sparse file) the image of writes <= ``wnum_hi``; returns the count."""
+    """Build at ``out_path`` (a sparse file) the image of the point at ``wnum_hi``; returns the count."""
     index = LogIndex.load(Path(log_path))
     fd = os.open(out_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -109,7 +138,8 @@ def _first_difference(offset: int, a: bytes, b: bytes) -> Mismatch:
 
 
 def verify(log_path: Path, disk_index: int, size_bytes: int, wnum_hi: int, image_path: Path) -> VerifyResult:
-    """Does ``image_path`` equal the image of the logged writes <= ``wnum_hi`` on that disk?
+    """Does ``image_path`` equal the image of the point at ``wnum_hi`` of that disk (its logged writes
+    <= ``wnum_hi`` and the prefill it held then: :func:`point_records`)?
 
     The expected image is built in a temporary sparse file next to the image (same
     filesystem, so no extra copy elsewhere) and deleted afterwards."""
@@ -130,7 +160,7 @@ def verify(log_path: Path, disk_index: int, size_bytes: int, wnum_hi: int, image
             os.close(fd)
         os.unlink(tmp)
     if mismatch is not None:
-        rec = index.last_covering(disk_index, mismatch.offset, wnum_hi)
+        rec = _last_covering(point_records(index, wnum_hi, disk_index), mismatch.offset)
         mismatch = Mismatch(mismatch.offset, mismatch.expected, mismatch.actual, rec.wnum if rec else 0)
     compared = size_bytes if mismatch is None else mismatch.offset
     return VerifyResult(mismatch is None, None if mismatch is None else mismatch.offset, compared, wnum_hi,
@@ -138,7 +168,7 @@ def verify(log_path: Path, disk_index: int, size_bytes: int, wnum_hi: int, image
 
 
 def doubts(index: LogIndex, disk_index: int, wnum_hi: int) -> list[LogRecord]:
-    return [r for r in index.upto(wnum_hi, disk_index) if r.kind == KIND_DOUBT]
+    return [r for r in point_records(index, wnum_hi, disk_index) if r.kind == KIND_DOUBT]
 
 
 def _compare_with_doubts(index: LogIndex, disk_index: int, size_bytes: int, wnum_hi: int, without: Path,
@@ -210,12 +240,12 @@ class Consistency:
 
 def machine_consistency(log_path: Path, points: Mapping[int, int]) -> Consistency:
     """Are the disks' images at their own ``wnum_hi`` one machine state? Only if no disk has a
-    logged write between its point and the newest point's W."""
+    logged record in the point at the newest W that its own point lacks (a prefill it held is none)."""
     index = LogIndex.load(Path(log_path))
     top = max(points.values(), default=0)
     stray: dict[int, list[int]] = {}
     for disk, wnum_hi in points.items():
-        late = [r.wnum for r in index.upto(top, disk) if r.wnum > wnum_hi]
+        late = [r.wnum for r in _after(index, disk, wnum_hi, top)]
         if late:
             stray[disk] = late
     return Consistency(not stray, top, stray)
@@ -230,7 +260,8 @@ def points_from_log(log_path: Path, disk_index: int | None = None,
 
 
 def records_upto(log_path: Path, wnum_hi: int, disk_index: int | None = None) -> list[LogRecord]:
-    return LogIndex.load(Path(log_path)).upto(wnum_hi, disk_index)
+    """The records of the point at ``wnum_hi`` (:func:`point_records`)."""
+    return point_records(LogIndex.load(Path(log_path)), wnum_hi, disk_index)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -259,10 +290,10 @@ def _copy_sparse(src: Path, fd: int, size_bytes: int, block: int = BLOCK) -> Non
 
 def _apply_after(index: LogIndex, disk_index: int, size_bytes: int, wnum_lo: int, wnum_hi: int, fd: int,
                  with_doubts: bool) -> int:
-    """The disk's records in (``wnum_lo``, ``wnum_hi``] into ``fd``, in wnum order; returns how many."""
+    """The disk's records of the point at ``wnum_hi`` that the one at ``wnum_lo`` lacks into ``fd``,
+    in wnum order; returns how many."""
     seed, prof = index.header.data_args()
-    records = [r for r in index.upto(wnum_hi, disk_index)
-               if r.wnum > wnum_lo and (with_doubts or r.kind != KIND_DOUBT)]
+    records = [r for r in _after(index, disk_index, wnum_lo, wnum_hi) if with_doubts or r.kind != KIND_DOUBT]
     for rec in records:
         if rec.end > size_bytes:
             raise ValueError(f"logged write {rec.wnum} [{rec.offset}, +{rec.length}) exceeds {size_bytes} bytes")
@@ -280,7 +311,7 @@ def verify_over_base(base_path: Path, log_path: Path, disk_index: int, size_byte
     started = time.monotonic()
     index = LogIndex.load(Path(log_path))
     image_path = Path(image_path)
-    has_doubts = any(r.kind == KIND_DOUBT and r.wnum > wnum_lo for r in index.upto(wnum_hi, disk_index))
+    has_doubts = any(r.kind == KIND_DOUBT for r in _after(index, disk_index, wnum_lo, wnum_hi))
     tmps: list[str] = []
     try:
         applied = 0
@@ -300,8 +331,8 @@ def verify_over_base(base_path: Path, log_path: Path, disk_index: int, size_byte
         for tmp in tmps:
             os.unlink(tmp)
     if mismatch is not None:
-        rec = index.last_covering(disk_index, mismatch.offset, wnum_hi)
-        wnum = rec.wnum if rec is not None and rec.wnum > wnum_lo else None  # None: the base's byte
+        rec = _last_covering(_after(index, disk_index, wnum_lo, wnum_hi), mismatch.offset)
+        wnum = rec.wnum if rec is not None else None  # None: the base's byte
         mismatch = Mismatch(mismatch.offset, mismatch.expected, mismatch.actual, wnum)
     compared = size_bytes if mismatch is None else mismatch.offset
     return VerifyResult(mismatch is None, None if mismatch is None else mismatch.offset, compared, wnum_hi,

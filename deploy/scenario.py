@@ -114,7 +114,11 @@ class Scenario:
         return [r for r in writelog.read_records(self.log_path) if r.kind == writelog.KIND_WRITE]
 
     def last_wnum(self) -> int:
-        return max((r.wnum for r in writelog.read_records(self.log_path)), default=0)
+        """The agent's write counter as the log knows it: the highest workload wnum (acknowledged or
+        in doubt), 0 before the first. Prefill records advance no counter (the agent never saw them:
+        the initial replication's point holds them at W 0, common/oracle.py)."""
+        return max((r.wnum for r in writelog.read_records(self.log_path) if r.kind != writelog.KIND_PREFILL),
+                   default=0)
 
     def spread_times(self, n: int) -> list[int]:
         acks = [r.ack_ns for r in self.acked_writes()]

@@ -57,7 +57,8 @@ def test_prefilled_image_equals_the_oracle_and_continues_wnums(tmp_path: Path) -
     assert img0.read_bytes() == bytes(built)
     assert oracle.verify(log, 0, SIZE, last1, img0).ok
     assert oracle.verify(log, 1, SIZE // 2, last1, img1).ok
-    assert not oracle.verify(log, 0, SIZE, 7, img0).ok  # the point before the last chunk differs
+    assert oracle.verify(log, 0, SIZE, 0, img0).ok  # no agent write yet: every point holds the prefill
+    assert oracle.verify(log, 1, SIZE // 2, 0, img1).ok  # both prefills precede any agent write
 
 
 def test_verify_names_a_single_flipped_byte_and_its_writer(tmp_path: Path) -> None:
