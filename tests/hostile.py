@@ -42,10 +42,11 @@ def capture_ca(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[bytes, by
 
 
 async def expired_identity(ca: tuple[bytes, bytes], directory: Path, cid: str, role: str) -> tls.IdentityFiles:
-    """An identity of ``ca`` whose certificate has expired (valid one second, then waited out)."""
+    """An identity of ``ca`` whose certificate has expired (valid a fifth of a second, then waited
+    out: the expiry plus 1.2 s, as certificate times have whole seconds)."""
     files = tls.IdentityFiles(directory)
     tls.issue_local(*ca, files, component_id=cid, role=role, hosts=["127.0.0.1"], meta={"component_id": cid},
-                    validity_s=1.0)
+                    validity_s=0.2)
     _, not_after = tls.validity(files.cert.read_bytes())
     await asyncio.sleep(max(0.0, not_after - time.time()) + 1.2)
     return files

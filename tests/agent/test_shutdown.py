@@ -135,3 +135,4 @@ async def test_a_disk_still_copying_is_reported_as_an_error(world: World) -> Non
     assert "not protected" in report["error"]
     resp, msg = await w.write(0)  # the entry is still there: writes stay refused
     assert resp.status == bio.Status.ERROR and b"planned failover" in msg
+    w.ps.unavailable = False  # the PS is back: stopping the agent drains at once, not after DRAIN_TIMEOUT_S

@@ -4,6 +4,7 @@ worker threads, with ApiClient's answers and errors; small ones still go through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
@@ -35,6 +36,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     tls.issue_local(ca_key, ca_cert, srv_id, component_id="srv", role="ps", hosts=["127.0.0.1"], meta={})
     tls.issue_local(ca_key, ca_cert, cli_id, component_id="cli", role="agent", hosts=[], meta={})
     state: dict[str, Server] = {}
+    released = asyncio.Event()  # set at teardown: a /slow request still held ends then, not after 4 s
 
     async def put(request: web.Request) -> web.Response:
         body = await request.read()
@@ -45,7 +47,8 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
             return web.json_response({"code": "cache_full", "message": "no room"}, status=507,
                                      headers={"Retry-After": "2"})
         if request.path.endswith("/slow"):
-            await asyncio.sleep(4)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), 4)
         if request.path.endswith("/stale"):
             return web.json_response({"code": "stale_generation", "message": "gen 1 < 2"}, status=409)
         return web.json_response({"stored": len(body)}, status=201)
@@ -61,6 +64,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     s = Server(f"https://127.0.0.1:{runner.addresses[0][1]}", tls.client_context(cli_id), runner)
     state["s"] = s
     yield s
+    released.set()
     await runner.cleanup()
 
 

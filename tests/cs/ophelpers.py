@@ -34,16 +34,28 @@ def operations(doc: dict[str, Any]) -> list[Op]:
     return [Op(method.upper(), path, op) for path, ops in sorted(doc["paths"].items()) for method, op in ops.items()]
 
 
+def client(ctx: ssl.SSLContext) -> aiohttp.ClientSession:
+    """A client session for many calls (:func:`call` with ``session=``): its connections are kept alive (no TLS
+    handshake per call) and it keeps no cookie (each call sends only what it is given)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), cookie_jar=aiohttp.DummyCookieJar())
+
+
 async def call(url: str, ctx: ssl.SSLContext, method: str, path: str, body: Any = None, *,
                token: str | None = None, cookie: str | None = None, data: bytes | None = None,
-               params: dict[str, Any] | None = None) -> tuple[int, Any, aiohttp.ClientResponse]:
-    """One request: (status, parsed JSON body, response); ``token`` as a bearer, ``cookie`` as the session cookie."""
+               params: dict[str, Any] | None = None,
+               session: aiohttp.ClientSession | None = None) -> tuple[int, Any, aiohttp.ClientResponse]:
+    """One request: (status, parsed JSON body, response); ``token`` as a bearer, ``cookie`` as the session cookie.
+    ``session``: send it on that session's kept-alive connections (made with ``ctx``: many calls skip a
+    TLS handshake each), else on a new session of its own."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if cookie:
         headers["Cookie"] = f"drlab_session={cookie}"
     kw: dict[str, Any] = {"data": data} if data is not None else {"json": body}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+    if session is not None:
         async with session.request(method, url + path, headers=headers, params=params, **kw) as resp:
+            return resp.status, await resp.json(content_type=None), resp
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as own:
+        async with own.request(method, url + path, headers=headers, params=params, **kw) as resp:
             return resp.status, await resp.json(content_type=None), resp
 
 

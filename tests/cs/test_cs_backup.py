@@ -115,11 +115,14 @@ async def test_restored_cs_serves_the_same_fleet(tmp_path: Path, new_db_url: Any
             assert await accounts.reveal(session, accounts.load_key(target), "vcenter") == (
                 "svc-install", "pw-in-the-store")
         first = {c["component_id"]: c["last_heartbeat"] for c in listing["items"]}
-        await asyncio.sleep(1.5)  # heartbeats reconnect (backoff after the outage is at most 0.3 s)
-        _, listing = await call(restored.url, tls.client_context(admin_files), "GET", "/v1/components")
-        now = {c["component_id"]: c["last_heartbeat"] for c in listing["items"]}
-        assert now[fleet.ps.component_id] > (first[fleet.ps.component_id] or 0)
-        assert now[fleet.mt.component_id] > (first[fleet.mt.component_id] or 0)
+        deadline = time.monotonic() + 10  # heartbeats reconnect (backoff after the outage is at most 0.3 s)
+        while True:
+            _, listing = await call(restored.url, tls.client_context(admin_files), "GET", "/v1/components")
+            now = {c["component_id"]: c["last_heartbeat"] for c in listing["items"]}
+            if all(now[c.component_id] > (first[c.component_id] or 0) for c in (fleet.ps, fleet.mt)):
+                break
+            assert time.monotonic() < deadline, f"no new heartbeat of the PS and the MT: {first} -> {now}"
+            await asyncio.sleep(0.1)
         # a change made at the restored CS reaches the components: revoking the agent reaches the PS
         agent_serial = int(tls.serial_hex(fleet.agent.cert.read_bytes()), 16)
         status, _ = await call(restored.url, tls.client_context(admin_files), "POST",

@@ -114,8 +114,7 @@ async def test_components_report_what_the_rules_need_and_the_rules_follow(stack:
     assert agent["disks"]["disk0"]["ps_unreachable_s"] == 0.0 and agent["disks"]["disk0"]["upload_failing_s"] == 0.0
     assert (await until("78188 for the fast disk", lambda: _with(s, ("78188", s.disk_id))))[("78188", s.disk_id)] \
         == "warning"
-    await asyncio.sleep(1.0)  # idle: churn falls to 0, the alert clears
-    await until("78188 cleared", lambda: _without(s, "78188"))
+    await until("78188 cleared", lambda: _without(s, "78188"))  # idle: churn falls to 0, the alert clears
 
     # the PS goes away: the agent's sends fail to connect, 78186 after ps_unreachable_after_s
     await s.ps.stop()

@@ -80,10 +80,13 @@ async def test_rotation_makes_components_reregister_and_replication_continues(
         assert {c["state"] for c in await cs_env.admin.components()} == {"registered"}
         # heartbeats of the re-registered PS and MT reach the CS again
         seen = {c["component_id"]: c["last_heartbeat"] for c in await cs_env.admin.components()}
-        await asyncio.sleep(1.0)
-        now = {c["component_id"]: c["last_heartbeat"] for c in await cs_env.admin.components()}
-        assert now[fleet.ps.component_id] > seen[fleet.ps.component_id]
-        assert now[fleet.mt.component_id] > seen[fleet.mt.component_id]
+        deadline = time.monotonic() + 10  # heartbeats every 0.3 s (tests/cs/fleet.py)
+        while True:
+            now = {c["component_id"]: c["last_heartbeat"] for c in await cs_env.admin.components()}
+            if all(now[c.component_id] > seen[c.component_id] for c in (fleet.ps, fleet.mt)):
+                break
+            assert time.monotonic() < deadline, f"no new heartbeat of the PS and the MT: {seen} -> {now}"
+            await asyncio.sleep(0.1)
     finally:
         await fleet.stop()
 

@@ -271,7 +271,7 @@ async def test_without_a_target_the_job_measures_churn_and_picks_the_quieter_ps(
 
         beat = asyncio.create_task(heartbeats(), name="test-heartbeats")
         await asyncio.sleep(0.5)
-        job_id = await cs_env.admin.ps_move(source.component_id, "switch", {"timeout_s": 2, "sample_s": 10})
+        job_id = await cs_env.admin.ps_move(source.component_id, "switch", {"timeout_s": 0.5, "sample_s": 10})
         job = await cs_env.admin.wait_job(job_id, timeout_s=30)
         assert job["steps"][0]["name"] == "plan"  # (the job then times out: no agent follows)
         plan = (await cs_env.admin.job(job["job_id"]))["params"]["plan"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import http.client
 import json
 import ssl
@@ -61,7 +62,10 @@ class PS:
         return status, body
 
     async def raw(self, who: str, data: bytes) -> bytes:
-        return await asyncio.to_thread(raw_exchange, self.port, self.ctx[who], data)
+        """The front's answer to ``data`` on a new TLS connection (read until the answer is whole: the
+        front's linger before it closes a refused connection is not waited out)."""
+        return await asyncio.to_thread(functools.partial(raw_exchange, self.port, self.ctx[who], data,
+                                                         until_answered=True))
 
     def cached(self) -> list[str]:
         d = self.cache.root / DISK
