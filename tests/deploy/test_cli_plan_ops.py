@@ -11,15 +11,7 @@ import pytest
 
 from common import errors
 from deploy import cli
-
-
-class FakeApi:
-    def __init__(self) -> None:
-        self.posts: list[tuple[str, dict[str, Any]]] = []
-
-    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.posts.append((path, body))
-        return {"job_id": "cd" * 16}
+from tests.deploy.test_cli_failover_image import FakeApi
 
 
 def posts(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> list[tuple[str, dict[str, Any]]]:
