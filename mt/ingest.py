@@ -1,8 +1,9 @@
 """The MT's two apps: data (HTTPS 9443, PS certificates: sealed batches in) and control
 (HTTPS 9080: status for the PS and admins, recovery points and `/metrics` for admins).
 
-Order of checks for a PUT: certificate and role -> disk held here (404) and served by the
-caller PS, or by a PS still draining it after a PS switch (403) -> generation not stale (409)
+Order of checks for a PUT: certificate and role -> settings loaded (503 just after a restart)
+-> disk held here (404) and served by the caller PS, or by a PS still draining it after a PS
+switch (403) -> generation not stale (409)
 -> body size (413) -> open the seal (400 tampered / malformed), seal header == URL, full batch
 check with the disk size (400) -> durable staging (409 checksum mismatch) -> 201 (200 for an
 identical re-send). Nothing is staged on any error.
@@ -80,9 +81,13 @@ def parse_u64(text: str, what: str) -> int:
 
 
 def disk_for(ctx: IngestContext, disk_id: str, ident: Identity) -> tuple[DiskSettings | None, DiskWorker]:
-    """The disk's settings and worker if it is held here and the caller may use it."""
+    """The disk's settings and worker if it is held here and the caller may use it. Until the
+    first settings document is applied (just after a restart) a PS gets 503 (retriable), never
+    404: the MT cannot yet tell whether it holds the disk."""
     disk = ctx.registry.disks.get(disk_id)
     worker = ctx.workers.get(disk_id)
+    if not ctx.registry.loaded and ident.role != "admin" and (worker is None or disk is None):
+        raise errors.Unavailable("this master target has not loaded its settings yet")
     if worker is None or (disk is None and ident.role != "admin"):
         raise errors.NotFound(f"disk {disk_id} is not held by this master target")
     if ident.role == "ps" and (disk is None or not disk.sent_by(ident.component_id)):

@@ -89,6 +89,7 @@ class Registry:
         self.jobs: list[Job] = []
         self.revoked: frozenset[int] = frozenset()
         self._keys: dict[str, dict[int, bytes]] = {}
+        self.loaded = False  # a settings document applied: until then no disk is known to be held or not
 
     def __repr__(self) -> str:
         return f"Registry(disks={sorted(self.disks)}, jobs={len(self.jobs)})"
@@ -106,6 +107,7 @@ class Registry:
 
     def apply(self, disks: dict[str, DiskSettings], document: dict[str, Any]) -> None:
         self.disks = disks
+        self.loaded = True
         for disk in disks.values():
             self._keys.setdefault(disk.disk_id, {})[disk.key_epoch] = disk.key
         jobs = []

@@ -7,6 +7,11 @@ settings say a newer generation superseded it. Retriable failures back off and r
 refusals are logged as errors, the file is kept and the upload retried after the longest
 backoff. While the MT has not applied everything, the pipeline polls the MT's control API so the
 acknowledgements sent to the agent keep reporting ``mt_applied``.
+
+The MT back (after a restart): while a batch backs off, that poll also probes the MT; the first
+answer after failed polls, or any batch the MT takes, ends every retriable backoff of the disk
+at once and restarts its count (no batch sleeps seconds on a backoff grown while the MT was
+down). A backoff the MT asked for (``Retry-After``) and the wait after a refusal are kept.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ def mt_numbers(reply: Any) -> tuple[int, int]:
         return int(reply.get("mt_received", 0)), int(reply.get("mt_applied", 0))
     except (TypeError, ValueError):
         return 0, 0
+
+
+def wakeable(exc: Exception) -> bool:
+    """A backoff the MT answering again may end: a retriable failure it gave no ``Retry-After`` for."""
+    return isinstance(exc, errors.DrlabError) and exc.retriable and exc.retry_after_s is None
 
 
 class SealerBook:
@@ -116,6 +126,8 @@ class DiskPipeline:
         self._task: asyncio.Task[None] | None = None
         self._last_poll = 0.0
         self._poll_failures = 0
+        self._mt_back = asyncio.Event()  # pulsed when the MT answers: the backoffs end (_backoff)
+        self._backing_off = 0  # uploads in a retriable backoff: the loop probes the MT meanwhile
         self.log = log.bind(disk=disk_id)
 
     def start(self) -> None:
@@ -139,7 +151,8 @@ class DiskPipeline:
             self._wake.clear()
             self._launch()
             disk = self._registry.disks.get(self.disk_id)
-            busy = disk is not None and self._registry.progress_of(self.disk_id).unapplied(disk.generation)
+            busy = disk is not None and (self._backing_off > 0
+                                         or self._registry.progress_of(self.disk_id).unapplied(disk.generation))
             if busy and disk is not None and time.monotonic() - self._last_poll >= self._poll_s:
                 await self._poll_status(disk)
             with contextlib.suppress(TimeoutError):  # asyncio.timeout, unlike 3.11's wait_for, never loses a cancel
@@ -185,7 +198,29 @@ class DiskPipeline:
             except Exception as exc:  # never skip a batch: log, back off and retry
                 attempt += 1
                 self._clients.uplink.failed(exc)
-                await asyncio.sleep(self._after_failure(exc, attempt, blog))
+                if await self._backoff(self._after_failure(exc, attempt, blog), wakeable(exc)):
+                    attempt = 0  # the MT answered again: retry now, the count restarts
+
+    async def _backoff(self, delay_s: float, can_wake: bool) -> bool:
+        """Sleep ``delay_s``; a backoff that ``can_wake`` ends early when the MT answers (True)."""
+        if not can_wake:
+            await asyncio.sleep(delay_s)
+            return False
+        self._backing_off += 1
+        self._wake.set()  # the loop starts probing the MT
+        try:
+            async with asyncio.timeout(delay_s):
+                await self._mt_back.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._backing_off -= 1
+
+    def _mt_answered(self) -> None:
+        """Pulse: every backoff waiting now ends (set then clear: later ones wait again)."""
+        self._mt_back.set()
+        self._mt_back.clear()
 
     def _after_failure(self, exc: Exception, attempt: int, blog: Any) -> float:
         if isinstance(exc, errors.DrlabError) and exc.retriable:
@@ -210,6 +245,7 @@ class DiskPipeline:
         await self._clients.uplink.throttle(len(sealed))  # the bandwidth limit, if any
         _, reply = await self._clients.get(disk.mt_url).request("PUT", path, data=sealed, headers=OCTET)
         self._clients.uplink.succeeded()
+        self._mt_answered()
         crashpoints.hit("ps", "after_upload")  # the MT holds it durably, the cache file is not released
         progress = self._registry.progress_of(self.disk_id)
         progress.observe_mt(entry.gen, *mt_numbers(reply))
@@ -224,6 +260,8 @@ class DiskPipeline:
             client = self._clients.get(disk.mt_control_url)
             reply = await client.get(f"/v1/disks/{self.disk_id}/status", timeout_s=max(2.0, 4 * self._poll_s))
             self._registry.progress_of(self.disk_id).observe_mt(int(reply["generation"]), *mt_numbers(reply))
+            if self._poll_failures:  # the MT is back: no backoff waits longer
+                self._mt_answered()
             self._poll_failures = 0
         except (errors.DrlabError, KeyError, TypeError, ValueError) as exc:
             self._poll_failures += 1
