@@ -31,7 +31,7 @@ from cs.state import CSState
 
 log = dlog.get("drlab.cs.machine_image")
 
-KIND = "machine-image"
+KIND = machine_ops.IMAGE_KIND
 CHILD_KIND = "view-image"
 IMAGED = ("test", "unplanned", "planned")  # the failover modes whose views can be imaged
 

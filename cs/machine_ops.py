@@ -47,6 +47,7 @@ OPS = {"test-failover": "machine-test-failover", "failover": "machine-unplanned-
        "change-point": "machine-change-point", "cleanup": "machine-cleanup-test-failover",
        "commit": "machine-commit"}
 KINDS = tuple(OPS.values())
+IMAGE_KIND = "machine-image"  # cs/machine_image.py: images of the current failover's views (blocks the others)
 MODES = ("test", "unplanned", "planned")
 ROUTE_MODES = ("test", "unplanned")  # the modes POST .../failover takes
 REAL = ("unplanned", "planned")  # failovers that put the disks failed-over (and may be committed)
@@ -103,7 +104,7 @@ async def request(session: Any, op: str, machine_id: str, point: Any = "latest",
         raise errors.BadRequest(f"operation must be one of {', '.join(OPS)}")
     await protection.agent_or_404(session, machine_id)
     going = (await session.scalars(select(Job.job_id).where(
-        Job.disk_id == machine_id, Job.kind.in_((*KINDS, machines.MACHINE_KIND)),
+        Job.disk_id == machine_id, Job.kind.in_((*KINDS, IMAGE_KIND, machines.MACHINE_KIND)),
         Job.state.in_(repo.ACTIVE_JOB_STATES)))).first()
     going = going or await release.going(session, [machine_id, *(
         d.disk_id for d in await repo.disks(session, machine_id=machine_id))])

@@ -121,6 +121,9 @@ async def test_one_at_a_time_and_not_during_an_operation(fleet: OpsFleet) -> Non
     first = await f.op("m1", "image")
     body = await refused_409(f, f.mid("m1"))
     assert f"operation in progress (job {first})" in body["message"]
+    for op in ("cleanup-test-failover", "change-point"):  # the views being imaged are not dropped or moved meanwhile
+        status, body = await raw(f.site.env.url, f.api._ssl, "POST", f"/v1/machines/{f.mid('m1')}/{op}", {})
+        assert status == 409 and f"operation in progress (job {first})" in body["message"], (op, body)
     f.hold = False
     assert (await f.wait(first))["state"] == "succeeded"
     f.hold = True
