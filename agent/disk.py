@@ -1,7 +1,10 @@
 """A protected disk: a sparse image file the workload writes through the agent.
 
 Reads and writes are bounds-checked before they touch the file: a request outside the disk
-raises :class:`DiskBoundsError` and changes nothing.
+raises :class:`DiskBoundsError` and changes nothing. A write that fails after some of its bytes
+reached the file (ENOSPC, EIO after a short write) raises :class:`TornWrite`: the range then
+holds an unknown mix of old and new bytes, and the caller must track it (agent/replication.py);
+a write that fails before any byte was written raises the plain OSError and changed nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ class DiskBoundsError(ValueError):
 
 class WritesStopped(ValueError):
     """The machine is shut down for a planned failover: it takes no more writes."""
+
+
+class TornWrite(OSError):
+    """A write that failed part-way: ``done`` of its bytes had reached the image file."""
+
+    def __init__(self, cause: OSError, done: int) -> None:
+        super().__init__(cause.errno or errno.EIO, f"{cause.strerror or cause} after {done} bytes")
+        self.done = done
 
 
 class DiskImage:
@@ -49,10 +60,18 @@ class DiskImage:
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         self.check(offset, len(data))
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self._fd, view, offset)
-            view, offset = view[written:], offset + written
+        view, done = memoryview(data), 0
+        try:
+            while view:  # a short write is continued
+                written = os.pwrite(self._fd, view, offset)
+                if written <= 0:
+                    raise OSError(errno.EIO, "the disk image took no bytes")
+                view, offset, done = view[written:], offset + written, done + written
+        except OSError as exc:
+            self.bytes_written += done
+            if done:
+                raise TornWrite(exc, done) from exc
+            raise
         self.bytes_written += len(data)
 
     def pread(self, offset: int, length: int) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any
 from agent.actlog import ActivityLog
 from agent.backlog import Backlog
 from agent.batcher import BatchClock, Batcher, DiskStream, Stamped
-from agent.disk import DiskImage, WritesStopped
+from agent.disk import DiskImage, TornWrite, WritesStopped
 from agent.modes import Measure, ModePolicy, next_mode
 from agent.psloss import LossDetector
 from agent.resync import RemoteHashes, ResyncJob
@@ -172,10 +172,18 @@ class Replicator:
             raise WritesStopped(self.writes_stopped)
 
     async def _apply(self, index: int, wnum: int, offset: int, data: bytes) -> None:
-        """Activity log (durable if the extent was cold) -> the disk -> the tracker (under the lock)."""
+        """Activity log (durable if the extent was cold) -> the disk -> the tracker (under the lock).
+        A disk write that fails part-way still fails the client write (its wnum stays unused), but
+        its range is tracked first, so the next cut sends what the source disk now holds there."""
         if self.actlog is not None and index in self.protected and self.actlog.mark(index, offset, len(data)):
             await self.actlog.ensure()
-        self.disks[index].pwrite(offset, data)
+        try:
+            self.disks[index].pwrite(offset, data)
+        except TornWrite as exc:
+            tracked = self.tracker.record_torn(index, offset, len(data), time.time_ns())
+            log.error("disk_write_torn", disk=self.disks[index].name, wnum=wnum, offset=offset, length=len(data),
+                      written=exc.done, tracked=tracked, error=str(exc))
+            raise
         self.tracker.record_write(index, wnum, offset, data, time.time_ns())
 
     def _after_write(self, index: int) -> None:

@@ -16,7 +16,10 @@ Rules:
   metadata regions are read after every data record of the cut, so the replica after a DATA or
   METADATA batch equals the disk at ``wnum_hi`` (for the regions the batch touches: all the
   regions written since the previous cut). A bitmap drain cut holds only part of the dirty
-  blocks: the stream has no valid point until the bitmap is empty again.
+  blocks: the stream has no valid point until the bitmap is empty again;
+- a client write that failed part-way (:meth:`Tracker.record_torn`) took no wnum, but its range
+  may hold new bytes: it is tracked as a region read back at the next cut (a bitmap range in
+  BITMAP mode), and that cut is no better than METADATA (its bytes are no acknowledged write's).
 """
 
 from __future__ import annotations
@@ -148,6 +151,24 @@ class Tracker:
         else:
             assert d.bitmap is not None
             d.bitmap.set_range(offset, len(data))
+        return True
+
+    def record_torn(self, disk: int, offset: int, length: int, now_ns: int) -> bool:
+        """A client write to [offset, +length) failed after part of it reached the disk: no
+        wnum is used (the write was not acknowledged), but the next cut sends what the disk
+        then holds there; True when the disk is watched."""
+        d = self._disks.get(disk)
+        if d is None or length <= 0:
+            return False
+        d.touch(now_ns)
+        if d.mode is TrackMode.BITMAP:
+            assert d.bitmap is not None
+            d.bitmap.set_range(offset, length)
+            return True
+        d.extents.append((offset, length))
+        d.extent_bytes += length
+        if _RANK[d.worst] < _RANK[TrackMode.METADATA]:
+            d.worst = TrackMode.METADATA
         return True
 
     def record_resync(self, disk: int, offset: int, data: bytes, now_ns: int) -> None:
