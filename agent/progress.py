@@ -21,7 +21,8 @@ import re
 import time
 from typing import Any
 
-from agent.replication import Pipeline, Replicator
+from agent.pipeline import Pipeline
+from agent.replication import Replicator
 from agent.verify import VerifyRunner, parse_requests
 from common import errors
 from common import logging as dlog

@@ -18,8 +18,9 @@ from agent.blockserver import BlockServer
 from agent.bookmarks import BookmarkAgent
 from agent.disk import DiskImage
 from agent.nbd import NbdServer
+from agent.pipeline import Pipeline
 from agent.progress import ProgressReporter
-from agent.replication import Pipeline, Replicator
+from agent.replication import Replicator
 from agent.resizewatch import ResizeWatch, adopt
 from agent.shutdown import Shutdown
 from agent.state import AgentState, DiskState, StateStore

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from agent.replication import Pipeline, Replicator
+from agent.pipeline import Pipeline
+from agent.replication import Replicator
 from agent.resync import Hashes, RemoteHashes, digest, pieces, range_at
 from common import errors
 from common import logging as dlog
