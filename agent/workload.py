@@ -38,6 +38,7 @@ from common.wire import writelog as wl
 log = dlog.get("drlab.agent.workload")
 
 PAGE = 4096
+DISK_ERROR = "I/O error"  # how the agent's block server begins its answer to a failed disk write
 MiB = 1 << 20
 DEFAULT_SIZES: list[tuple[int, float]] = [(4096, 0.5), (65536, 0.4), (MiB, 0.1)]
 
@@ -210,7 +211,8 @@ async def _loop(params: WorkloadParams, client: BlockClient | NbdBlockClient, wr
         except DrlabError as exc:
             stats.error = f"write {wnum} failed: {exc.message}"
             log.error("workload write failed", wnum=wnum, error=exc.message)
-            if exc.retriable:  # the connection broke: the write may have reached the disk
+            if exc.retriable or exc.message.startswith(DISK_ERROR):  # the connection broke, or the agent's
+                # disk write failed (part of it may be on the disk: agent/disk.py TornWrite): in doubt
                 writer.append(wl.LogRecord(wnum, plan.disk, wl.KIND_DOUBT, plan.offset, plan.length, time.time_ns()))
             break
         writer.append(wl.LogRecord(wnum, plan.disk, wl.KIND_WRITE, plan.offset, plan.length, time.time_ns()))

@@ -21,7 +21,7 @@ from common.wire import writelog as wl
 
 blockserver = pytest.importorskip("agent.blockserver")
 replication = pytest.importorskip("agent.replication")
-from agent.disk import DiskImage  # noqa: E402
+from agent.disk import DiskImage, TornWrite  # noqa: E402
 from common.config import AgentConfig, DiskConfig  # noqa: E402
 
 MiB = 1 << 20
@@ -128,6 +128,28 @@ async def test_unacknowledged_write_is_never_logged(agent: Agent, tmp_path: Path
     assert wl.read_records(other) == []
     stats = await run_workload(_params(agent, other, seed=5, max_writes=2, start_wnum=first.last_wnum + 1))
     assert stats.error is None and [r.wnum for r in wl.read_records(other)] == [10, 11]
+
+
+async def test_a_failed_disk_write_is_logged_in_doubt(agent: Agent, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent answers "I/O error" when its disk write failed (part of it may have landed): the
+    workload logs that write as in doubt, not as a write, and stops."""
+    real, calls = DiskImage.pwrite, []
+
+    def torn(self: DiskImage, offset: int, data: bytes | bytearray | memoryview) -> None:
+        calls.append(offset)
+        if len(calls) == 3:
+            real(self, offset, bytes(data)[: len(data) // 2])
+            raise TornWrite(OSError(28, "No space left on device"), len(data) // 2)
+        real(self, offset, data)
+
+    monkeypatch.setattr(DiskImage, "pwrite", torn)
+    log = tmp_path / "w.log"
+    stats = await run_workload(_params(agent, log, max_writes=10))
+    assert stats.writes == 2 and stats.error is not None and "I/O error" in stats.error
+    run = [r for r in wl.read_records(log) if r.kind != wl.KIND_PREFILL]
+    assert [r.kind for r in run] == [wl.KIND_WRITE, wl.KIND_WRITE, wl.KIND_DOUBT]
+    assert run[2].wnum == stats.last_wnum + 1
 
 
 async def test_unpaced_run_is_fast(agent: Agent, tmp_path: Path) -> None:
