@@ -30,8 +30,8 @@ DAY_S = 86_400
 DEFAULTS: dict[str, Any] = {"rpo_threshold_s": 3600, "retention_window_s": DAY_S, "app_consistent_interval_s": 4 * 3600,
                             "crash_consistent_interval_s": None, "multi_machine_consistency": False,
                             "low_space_action": "prune"}
-# field: (low, high); app_consistent 0 means off
-BOUNDS = {"rpo_threshold_s": (60, 7 * DAY_S), "retention_window_s": (60, 15 * DAY_S),
+# field: (low, high); app_consistent 0 means off; an RPO threshold of a few seconds suits sub-second RPO
+BOUNDS = {"rpo_threshold_s": (1, 7 * DAY_S), "retention_window_s": (60, 15 * DAY_S),
           "app_consistent_interval_s": (60, 12 * 3600), "crash_consistent_interval_s": (1, 3600)}
 LOW_SPACE_ACTIONS = ("prune", "pause")
 FIELDS = (*BOUNDS, "multi_machine_consistency", "low_space_action")

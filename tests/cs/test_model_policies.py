@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from cshelpers import Site, raw, settings
 
@@ -17,7 +19,10 @@ def test_parse_fills_defaults_and_checks_fields_and_relations() -> None:
     assert values == {"rpo_threshold_s": 300, "retention_window_s": 7200, "app_consistent_interval_s": 0,
                       "crash_consistent_interval_s": 60, "multi_machine_consistency": True,
                       "low_space_action": "prune"}
-    bad = [{"rpo_threshold_s": 59}, {"rpo_threshold_s": True}, {"retention_window_s": 16 * 86400},
+    assert policies.parse({"name": "p", "rpo_threshold_s": 1})["rpo_threshold_s"] == 1  # seconds: sub-second RPO
+    bad: list[dict[str, Any]] = [
+           {"rpo_threshold_s": 0}, {"rpo_threshold_s": -1}, {"rpo_threshold_s": 7 * 86400 + 1},
+           {"rpo_threshold_s": 1.5}, {"rpo_threshold_s": True}, {"retention_window_s": 16 * 86400},
            {"app_consistent_interval_s": 30}, {"app_consistent_interval_s": 13 * 3600},
            {"multi_machine_consistency": 1}, {"colour": "red"}, {"low_space_action": "panic"},
            {"low_space_action": None},
@@ -63,6 +68,9 @@ async def test_policies_crud_default_and_protect(site: Site) -> None:
     assert changed[1]["rpo_threshold_s"] == 600 and changed[1]["machines"] == 1
     for method, path, body, code in (
             ("PATCH", "/v1/policies/gold", {"retention_window_s": 30}, 400),
+            ("PATCH", "/v1/policies/gold", {"rpo_threshold_s": 0}, 400),
+            ("PATCH", "/v1/policies/gold", {"rpo_threshold_s": -1}, 400),
+            ("POST", "/v1/policies", {"name": "tiny", "rpo_threshold_s": 0}, 400),
             ("POST", "/v1/policies", {"name": "gold"}, 409),
             ("DELETE", "/v1/policies/gold", None, 409),  # in use
             ("DELETE", "/v1/policies/default", None, 409),
@@ -70,7 +78,12 @@ async def test_policies_crud_default_and_protect(site: Site) -> None:
             ("GET", "/v1/policies/Bad!", None, 400)):
         status, reply = await raw(env.url, api._ssl, method, path, body)
         assert status == code, (method, path, reply)
+        if code == 400:
+            assert reply["code"] == "bad_request" and reply["message"], reply  # a clear JSON error
     assert (await api.get("/v1/policies/gold"))["rpo_threshold_s"] == 600  # the refused changes changed nothing
+    assert "tiny" not in [p["name"] for p in (await api.get("/v1/policies"))["items"]]
+    tight = await api.request("PATCH", "/v1/policies/gold", json_body={"rpo_threshold_s": 1})
+    assert tight[1]["rpo_threshold_s"] == 1  # a threshold of seconds: drlab aims at sub-second RPO
 
     moved = await api.post("/v1/policies/default/assign", {"machines": [m2.component_id]})
     assert moved["machines"] == 2
