@@ -8,6 +8,7 @@ stops serving, cancels the pipelines and leaves the cache on disk for the next s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from ps.discovery import Discovery
 from ps.front import DataFront
 from ps.health import RateMeter, owned_tasks, per_machine, server_state, task_state
 from ps.ingest import IngestContext, build_app
+from ps.orphans import PEERS_FILE, OrphanReleaser, PeerBook
 from ps.push_install import PushInstaller
 from ps.state import Registry
 from ps.throttle import ThrottlePolicy
@@ -36,6 +38,7 @@ from ps.uploader import POLL_INTERVAL_S, Clients, SealerBook, Uploaders
 log = dlog.get("drlab.ps")
 
 REFRESH_MIN_INTERVAL_S = 1.0
+ORPHAN_RECHECK_S = 60.0  # a cached disk kept unconfirmed (ps/orphans.py) is probed again this often
 
 
 
@@ -61,6 +64,9 @@ class PSService:
         self._ingest: IngestContext | None = None
         self._front: DataFront | None = None  # the threaded TLS front of the data port (cfg.ingest_front)
         self._rates = RateMeter()  # churn per machine and upload throughput between two heartbeats
+        self._orphans: OrphanReleaser | None = None  # cache of disks no longer served (ps/orphans.py)
+        self._orphan_task: asyncio.Task[None] | None = None
+        self._orphan_wake = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"PSService(id={self.component_id or '?'}, port={self.data_port})"
@@ -89,6 +95,9 @@ class PSService:
         self.uploaders = Uploaders(self.registry, self.cache, SealerBook(bytes.fromhex(self.component_id)),
                                    self._clients, self._executor, window=cfg.upload_window_batches,
                                    max_backoff_s=cfg.retry_max_backoff_s, poll_interval_s=self._poll_s)
+        peers = PeerBook(cfg.data_dir / PEERS_FILE)
+        await asyncio.get_running_loop().run_in_executor(self._executor, peers.load)
+        self._orphans = OrphanReleaser(self.registry, self.cache, self._clients, peers)
         self._ingest = IngestContext(cfg, self.registry, self.cache, self._executor,
                                      self.uploaders.notify, self._refresh_for_unknown_disk)
         await self._serve(files, self._ingest)
@@ -136,20 +145,38 @@ class PSService:
         for work in (self._discovery, self._push):
             if work is not None:
                 work.apply(document)
-        await self._purge_unlisted(document)
+        await self._check_orphans()
 
-    async def _purge_unlisted(self, document: dict[str, Any]) -> None:
-        """A disk the document no longer lists (protection disabled, the disk excluded, moved to
-        another PS and drained): its pipeline is stopped (``sync``), its cached batches deleted.
-        A listed entry this PS could not parse keeps its cache."""
-        if self.cache is None:
+    async def _check_orphans(self) -> None:
+        """After a settings document: remember each served disk's MT, then (in the background,
+        once the first document is applied, again every ORPHAN_RECHECK_S) release the cache of
+        disks no longer served when ps/release.py's rule allows it (ps/orphans.py). A disk the
+        document merely stops listing keeps its cached batches until the MT refuses them."""
+        orphans, cache = self._orphans, self.cache
+        if orphans is None or cache is None:
             return
-        listed = {str(item.get("disk_id")) for item in document.get("disks", []) or [] if isinstance(item, dict)}
-        for disk_id in self.cache.disks():
-            if disk_id not in listed and disk_id not in self.registry.disks:
-                dropped = await self.cache.purge(disk_id)
-                self.registry.progress.pop(disk_id, None)
-                log.info("disk_cache_purged", disk=disk_id, batches=dropped)
+        await self._save_peers(orphans, cache)
+        if self._orphan_task is None:
+            self._orphan_task = asyncio.create_task(self._orphan_loop(orphans), name="ps-orphans")
+        self._orphan_wake.set()
+
+    async def _save_peers(self, orphans: OrphanReleaser, cache: BatchCache) -> None:
+        """The MT of each served or cached disk, on disk before any release check uses it."""
+        if orphans.peers.update(self.registry, cache.disks()):
+            await asyncio.get_running_loop().run_in_executor(self._executor, orphans.peers.save)
+
+    async def _orphan_loop(self, orphans: OrphanReleaser) -> None:
+        while True:
+            self._orphan_wake.clear()
+            try:
+                await orphans.check(settings_applied=True)
+                if self.cache is not None:
+                    await self._save_peers(orphans, self.cache)
+            except Exception as exc:  # never stop checking: log and retry later
+                log.error("cache_release_check_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ORPHAN_RECHECK_S):
+                    await self._orphan_wake.wait()
 
     async def wait_settings(self, timeout_s: float = 10.0) -> None:
         """Wait for the first settings document (tests and the lab use it)."""
@@ -196,6 +223,8 @@ class PSService:
                 "uploaded_bytes": sum(d["uploaded_bytes"] for d in disks.values()), "disks": disks,
                 # the settings version applied: a PS switch's drain counts only heartbeats after its change
                 "settings_version": self._control.settings_version if self._control else -1,
+                # caches of disks no longer served, deleted by the release rule (ps/orphans.py)
+                "cache_released": dict(self._orphans.released) if self._orphans else {},
                 # health (cs/health/rules.py): host load, and the oldest batch not yet uploaded (s)
                 "host": {"cpu_pct": self._cpu.sample(), "mem_pct": read_mem_pct()},
                 "uplink": self._clients.uplink.metrics() if self._clients else {},  # proxy, its error, limit
@@ -249,6 +278,10 @@ class PSService:
             self._runner = None
         if self.uploaders is not None:
             await self.uploaders.stop()
+        if self._orphan_task is not None:
+            self._orphan_task.cancel()
+            await asyncio.gather(self._orphan_task, return_exceptions=True)
+            self._orphan_task = None
         for work in (self._discovery, self._push):
             if work is not None:
                 await work.stop()

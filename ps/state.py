@@ -92,6 +92,8 @@ class Registry:
         self.disks: dict[str, DiskSettings] = {}
         self.progress: dict[str, DiskProgress] = {}
         self.revoked: frozenset[int] = frozenset()
+        # every disk id the document lists, parsed or not (an entry this PS cannot parse keeps its cache)
+        self.listed: frozenset[str] = frozenset()
 
     def apply_document(self, document: dict[str, Any]) -> set[str]:
         """Replace the served disks; returns the ids whose settings changed (added, removed or edited)."""
@@ -105,6 +107,8 @@ class Registry:
             new[disk.disk_id] = disk
         changed = {d for d in set(new) | set(self.disks) if new.get(d) != self.disks.get(d)}
         self.disks = new
+        self.listed = frozenset(str(item.get("disk_id")) for item in document.get("disks", []) or []
+                                if isinstance(item, dict)) | frozenset(new)
         self.revoked = frozenset(int(s) for s in document.get("revoked_serials", []))
         return changed
 
