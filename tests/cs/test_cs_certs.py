@@ -67,7 +67,12 @@ async def test_components_and_the_cs_renew_without_a_restart(cs_factory: Any, tm
         await wait_until(lambda: fleet.ps_files.cert.read_bytes() != first["ps"], timeout_s=10, what="PS renewal")
         await wait_until(lambda: fleet.mt_files.cert.read_bytes() != first["mt"], timeout_s=10, what="MT renewal")
         assert fleet.ps_files.read_meta()["component_id"] == ps_id
-        assert await peer_serial("127.0.0.1", fleet.ps.data_port, ca_pem) == serial_of(fleet.ps_files)
+        # the PS serves its current certificate: the one in its files (a renewal may land between a
+        # read of the files and a handshake — renewals come every ~3 s here — so look until they agree)
+        deadline = time.monotonic() + 10
+        while await peer_serial("127.0.0.1", fleet.ps.data_port, ca_pem) != serial_of(fleet.ps_files):
+            assert time.monotonic() < deadline, "the PS does not serve the certificate in its files"
+            await asyncio.sleep(0.1)
         await wait_until(lambda: env.admin_files.cert.read_bytes() != first["admin"], timeout_s=10,
                          what="admin renewal")
         assert await peer_serial("127.0.0.1", env.service.port, ca_pem) != cs_first  # the CS's own, no restart
