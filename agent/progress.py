@@ -31,7 +31,7 @@ from common.tasks import cancel_and_wait
 
 log = dlog.get("drlab.agent.progress")
 
-REASON = re.compile(r"^[a-z][a-z0-9-]{0,31}$")  # what the CS accepts as a resync reason
+REASON = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")  # what the CS accepts as a resync reason
 
 
 class ProgressReporter:

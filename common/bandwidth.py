@@ -22,7 +22,7 @@ from typing import Any
 
 MAX_WINDOWS = 24
 MAX_BYTES_PER_S = 1 << 40
-_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
 
 
 def minute_of(text: Any, what: str) -> int:

@@ -35,7 +35,7 @@ from common.tlsfront import NativeCall, TLSFront
 
 log = dlog.get("drlab.batchfront")
 
-BATCH = re.compile(r"^/v1/disks/([^/]+)/batches/([^/]+)/([^/]+)$")
+BATCH = re.compile(r"^/v1/disks/([^/]+)/batches/([^/]+)/([^/]+)\Z")
 LOOP_TIMEOUT_S = 300.0  # the longest a connection thread waits for the loop (a store waits for its fsync)
 MAX_UNIX_PATH = 100  # AF_UNIX paths are at most 107 bytes
 

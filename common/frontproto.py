@@ -28,9 +28,9 @@ PEER_CERT_HEADER = "X-Drlab-Peer-Cert"  # the verified peer certificate, front -
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "proxy-authorization", "proxy-authenticate", "content-length"})
 BODY_METHODS = frozenset({"PUT", "POST", "PATCH"})
-_METHOD = re.compile(rb"^[A-Z]{1,16}$")
-_TARGET = re.compile(rb"^/[\x21-\x7e]*$")
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_METHOD = re.compile(rb"^[A-Z]{1,16}\Z")
+_TARGET = re.compile(rb"^/[\x21-\x7e]*\Z")
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 

@@ -30,8 +30,8 @@ log = dlog.get("drlab.cs.bookmarks")
 
 CONSISTENCY = ("app", "crash")
 REPORTS = ("frozen", "tagged", "failed", "thawed", "expired")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}$")
-GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,99}\Z")
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 MAX_MEMBERS = 64
 MAX_ERROR_CHARS = 2000
 MAX_PAGE = 1000

@@ -36,7 +36,7 @@ STATES = ("unprotected", "enabling", "initial-replication", "protected", "resync
 FAILOVER_STATES = ("failover-in-progress", "failed-over", "committed")  # an agent's report never changes these
 MAX_DISKS = 64
 # known reasons: initial, unclean-shutdown, ps-lost, ps-switch, user, verify, target, disk-resize (open-ended)
-REASON = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+REASON = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")
 RESYNC_MODES = ("", "copy", "checksum")
 MAX_HISTORY = 1000
 

@@ -31,7 +31,7 @@ from cs.db.models_access import Account
 
 log = dlog.get("drlab.cs.hypervisors")
 
-FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+FINGERPRINT = re.compile(r"^[0-9a-f]{64}\Z")
 OS_KINDS = ("linux", "windows")
 POWER_STATES = ("on", "off")
 MAX_MACHINES = 10000

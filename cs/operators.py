@@ -36,7 +36,7 @@ from cs.state import CSState
 log = dlog.get("drlab.cs.operators")
 
 ROLES = ("admin", "reader")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 MIN_PASSWORD, MAX_PASSWORD = 8, 1024
 KDF: dict[str, Any] = {"alg": "scrypt", "n": 2**15, "r": 8, "p": 1, "dklen": 32}
 SALT_BYTES = 16

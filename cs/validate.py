@@ -10,10 +10,10 @@ from typing import Any
 
 from common import errors
 
-HEX_ID = re.compile(r"^[0-9a-f]{32}$")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,254}$")
+HEX_ID = re.compile(r"^[0-9a-f]{32}\Z")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,254}\Z")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+HOSTNAME = re.compile(rf"^(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*\Z")
 MAX_U63 = 2**63 - 1
 
 

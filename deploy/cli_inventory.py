@@ -16,7 +16,7 @@ from typing import Any
 
 from common import errors
 
-COMPONENT_ID = re.compile(r"^[0-9a-f]{32}$")
+COMPONENT_ID = re.compile(r"^[0-9a-f]{32}\Z")
 VM_COLS = ["hypervisor", "vm", "host_id", "os", "power_state", "disks", "agent_installed", "component_id", "protected"]
 HV_COLS = ["name", "address", "port", "account", "ps_id", "machines", "last_discovery", "last_error"]
 

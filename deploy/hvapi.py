@@ -30,7 +30,7 @@ from deploy.hvconfig import HypervisorConfig, VMConfig
 
 log = dlog.get("drlab.hypervisor.api")
 
-TOKEN_RE = re.compile(r"^drlab-enroll-v1\.[0-9a-f]{32}\.[A-Za-z0-9_-]{43}$")
+TOKEN_RE = re.compile(r"^drlab-enroll-v1\.[0-9a-f]{32}\.[A-Za-z0-9_-]{43}\Z")
 MAX_URL = 2048
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from common.errors import ConfigError
 
 HV_PORT = 443
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 OSES = ("linux", "windows")
 POWER_STATES = ("on", "off")
 

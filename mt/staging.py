@@ -28,7 +28,7 @@ from mt.replica import fsync_dir, read_exact
 
 log = dlog.get("drlab.mt.staging")
 
-_NAME = re.compile(r"^(\d{8,20})-(\d{12,20})\.batch$")
+_NAME = re.compile(r"^(\d{8,20})-(\d{12,20})\.batch\Z")
 Key = tuple[int, int]
 Kept = tuple[wbatch.ChangeBatch, int]  # a staged batch decoded, and its received time (the file's mtime)
 KEPT_MAX_BYTES = 32 * 1024 * 1024  # the budget of a staging area that is given none

@@ -35,7 +35,7 @@ MAX_BYTES = 1 << 20
 MAX_FILES = 16
 SCRATCH: web.AppKey[Path] = web.AppKey("ps_check_scratch", Path)
 COMPONENT: web.AppKey[str] = web.AppKey("ps_check_component", str)
-_ID = re.compile(r"^[a-z0-9-]{1,64}$")
+_ID = re.compile(r"^[a-z0-9-]{1,64}\Z")
 
 
 def install(app: web.Application, scratch: Path, component_id: str = "") -> web.Application:

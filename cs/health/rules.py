@@ -56,7 +56,7 @@ PS_SERVICES = "ps_services_not_running"
 CLOCK_SKEW = "clock_skew"
 PS_PROXY = "ps_upload_proxy"
 
-_DISK_ID = re.compile(r"^[0-9a-f]{32}$")
+_DISK_ID = re.compile(r"^[0-9a-f]{32}\Z")
 NS = 1_000_000_000
 
 

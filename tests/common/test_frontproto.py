@@ -102,3 +102,17 @@ def test_answers() -> None:
     assert json.loads(body) == {"code": "throttled", "message": "full"}
     out = error_answer(BadInput(411, "length_required", "no"), False)
     assert out.startswith(b"HTTP/1.1 411 ") and json.loads(out.split(b"\r\n\r\n", 1)[1])["code"] == "length_required"
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET / HTTP/1.1\r\nX-A\n: v",                               # a bare LF ending a header name
+    b"GET / HTTP/1.1\r\nFoo\nX-Drlab-Peer-Cert: forged",         # a header smuggled into a name
+    b"GET /x\n HTTP/1.1",                                        # ... ending the target
+    b"GET\n / HTTP/1.1",                                         # ... ending the method
+])
+def test_a_bare_line_feed_anywhere_in_the_head_is_400(raw: bytes) -> None:
+    """Found by the fuzz test (DRLAB_SEED=32): a pattern ending in ``$`` also matched before a final
+    newline, so a header name could end in LF and be relayed to the daemon's app as two lines."""
+    with pytest.raises(BadInput) as caught:
+        parse_head(raw, LIMITS)
+    assert caught.value.status == 400
