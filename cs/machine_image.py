@@ -75,7 +75,7 @@ async def submit(state: CSState, machine_id: str) -> str:
 async def _run(ctx: JobContext) -> dict[str, Any]:
     """A ``view-image`` child per disk on its view (kept in the params: a CS taking the job over
     waits for the same ones), then every disk's image path."""
-    jobs = await machine_ops._per_view(ctx, CHILD_KIND)
+    jobs = await machine_ops.per_view(ctx, CHILD_KIND)
     failover = ctx.params["failover"]
     disks = [{"disk_id": d, "view": failover["views"][d], "job_id": j.job_id,
               "image_path": (j.result or {}).get("image_path"), "image_bytes": (j.result or {}).get("image_bytes")}

@@ -257,7 +257,7 @@ async def _change_point(ctx: JobContext) -> dict[str, Any]:
             "failover": {**before, "wnum": result.get("wnum")}}
 
 
-async def _per_view(ctx: JobContext, kind: str) -> dict[str, Job]:
+async def per_view(ctx: JobContext, kind: str) -> dict[str, Job]:
     """A ``kind`` child job per disk on its view; disk id -> the finished child."""
     views: dict[str, str] = ctx.params["failover"]["views"]
     children: dict[str, str] = ctx.params.get("children") or {}
@@ -279,14 +279,14 @@ async def _per_view(ctx: JobContext, kind: str) -> dict[str, Job]:
 
 
 async def _cleanup(ctx: JobContext) -> dict[str, Any]:
-    jobs = await _per_view(ctx, "view-drop")
+    jobs = await per_view(ctx, "view-drop")
     await ctx.step("views dropped", percent=95.0)
     return {"machine_id": ctx.target_id, "disks": [{"disk_id": d, "job_id": j.job_id, "result": j.result}
                                                    for d, j in sorted(jobs.items())], "failover": None}
 
 
 async def _commit(ctx: JobContext) -> dict[str, Any]:
-    jobs = await _per_view(ctx, "view-commit")
+    jobs = await per_view(ctx, "view-commit")
     await _set_states(ctx, dict.fromkeys(jobs, "committed"))
     await ctx.step("committed", percent=95.0)
     return {"machine_id": ctx.target_id, "disks": [{"disk_id": d, "job_id": j.job_id, "result": j.result}

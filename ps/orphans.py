@@ -20,14 +20,13 @@ applies, every cached disk that is neither served nor drained is checked:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from common import errors
+from common import errors, tls
 from common import logging as dlog
 from ps import release
-from ps.cache import BatchCache, fsync_dir
+from ps.cache import BatchCache
 from ps.state import Registry
 from ps.uploader import OCTET, Clients
 
@@ -67,15 +66,9 @@ class PeerBook:
         return changed
 
     def save(self) -> None:
-        """Write atomically (tmp, fsync, rename, fsync of the directory; blocking)."""
+        """Write atomically (common/tls.py durable_write: tmp, fsync, rename, directory fsync; blocking)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(self.peers, fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        tls.durable_write(self.path, json.dumps(self.peers, sort_keys=True).encode())
 
 
 class OrphanReleaser:
